@@ -1,0 +1,80 @@
+# pytorch-cuda — thin wrappers over the CLIs (imagectl, zarrloader, smoke). `make help` lists targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+IMAGECTL  := $(VENV)/bin/imagectl
+# Host tests need some CPU build of torch, not the images' 2.6 (which are pinned in the matrix).
+HOST_TORCH ?= torch==2.13.0
+
+VARIANT   ?=
+TARGET    ?= data
+OS_IMAGE  ?=
+CA_BUNDLE ?=
+REGISTRY  ?=
+IMAGE     ?= pytorch-cuda:v2.6-cu124
+EXPECT    ?=
+REPORT    ?=
+
+BUILD_FLAGS := $(if $(VARIANT),--variant $(VARIANT)) --target $(TARGET) \
+               $(if $(OS_IMAGE),--os-image $(OS_IMAGE)) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+
+.PHONY: help setup docker base-os build bake-print variants test test-host smoke-host smoke bench size verify push lint clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(HOST_TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed  ## create the host venv (.venv) with the tools and test deps
+
+docker:  ## install and start a Docker engine + buildx (Debian hosts, root; idempotent)
+	@if docker buildx version >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo "docker engine + buildx: ok"; \
+	else bash scripts/install-docker-engine.sh; fi
+
+base-os: docker  ## registry-less OS base: debootstrap + docker import -> pytorch-cuda-os:trixie
+	bash docker/bootstrap/build-base-os.sh
+
+build: setup  ## build VARIANT (default cu124) TARGET=data|torch|base [OS_IMAGE=] [CA_BUNDLE=]
+	@$(IMAGECTL) build $(BUILD_FLAGS) --dry-run >/dev/null  # an unknown variant fails here, before any Docker work
+	@$(MAKE) --no-print-directory docker
+	$(IMAGECTL) build $(BUILD_FLAGS)
+
+bake-print: setup  ## print the resolved bake plan of the `all` group as JSON
+	@$(IMAGECTL) bake-plan all $(if $(OS_IMAGE),--os-image $(OS_IMAGE))
+
+variants: setup  ## list the variants in images/matrix.toml
+	@$(IMAGECTL) variants
+
+test: setup  ## host tests (tests/) and the smoke suite on this host
+	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(VENV)/bin/smoke --expect $(or $(EXPECT),cpu) --report build/smoke-host.json
+
+smoke: setup  ## run the smoke suite inside IMAGE [EXPECT=cpu|gpu] [REPORT=file]
+	$(IMAGECTL) smoke $(IMAGE) $(if $(EXPECT),--expect $(EXPECT)) $(if $(REPORT),--report $(REPORT))
+
+verify: setup  ## check IMAGE against the matrix: versions, non-root, pip check, no secrets
+	$(IMAGECTL) verify $(IMAGE)
+
+size: setup  ## per-layer sizes and largest paths of IMAGE
+	$(IMAGECTL) size $(IMAGE)
+
+bench: setup  ## zarrloader read benchmark on an embedded S3 server (quick)
+	$(VENV)/bin/zarrloader bench --quick
+
+push: setup  ## push VARIANT to REGISTRY, only if its exact image passed the smoke suite
+	$(IMAGECTL) push $(if $(VARIANT),--variant $(VARIANT)) --registry $(REGISTRY)
+
+lint: setup  ## ruff, hadolint, shellcheck, actionlint
+	bash scripts/lint.sh
+
+clean:  ## remove build outputs (not the venv, not images)
+	rm -rf build .pytest_cache

@@ -1,0 +1,121 @@
+"""Build images with docker buildx bake from the matrix (a variant, a layer, or everything)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagectl.bake import GENERATED, BuildContext, bake_command, target_name, write_plan
+from imagectl.docker import DockerError, image_exists, inspect_image, require_buildx, try_pull
+from imagectl.matrix import LAYERS, REPO_ROOT, Matrix, load_matrix
+
+LOCAL_OS_IMAGE = "pytorch-cuda-os:trixie"  # what `make base-os` creates
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    variants: tuple[str, ...]  # empty: the default variant; ("all",): every variant
+    layer: str = "data"
+    os_image: str | None = None
+    python: str | None = None
+    ca_bundle: Path | None = None
+    registry: str = ""
+    progress: str = "plain"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    targets: tuple[str, ...]
+    images: dict[str, str]  # tag -> image id
+    seconds: float
+
+
+def resolve_targets(matrix: Matrix, req: BuildRequest) -> list[str]:
+    """Bake targets for the request. Unknown variants fail here, before any Docker work."""
+    if req.layer not in LAYERS:
+        raise SystemExit(f"imagectl: error: unknown TARGET '{req.layer}': choose one of {', '.join(LAYERS)}")
+    names = list(matrix.variants) if req.variants == ("all",) else list(req.variants or (matrix.default_variant,))
+    return [target_name(matrix.variant(name), req.layer) for name in names]
+
+
+def ensure_os_image(ref: str) -> None:
+    """The OS base must be local or pullable; otherwise say how to make one without a registry."""
+    if image_exists(ref):
+        return
+    print(f"imagectl: OS image {ref} is not local; trying to pull it ...", file=sys.stderr)
+    ok, err = try_pull(ref)
+    if not ok:
+        raise DockerError(
+            f"cannot pull the OS image '{ref}' ({err.splitlines()[-1] if err else 'unknown error'}). "
+            f"On a machine without registry access, build a local base with `make base-os` "
+            f"(debootstrap + docker import, creates {LOCAL_OS_IMAGE}) and then "
+            f"`make build OS_IMAGE={LOCAL_OS_IMAGE}`."
+        )
+
+
+def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
+    targets = resolve_targets(matrix, req)
+    ctx = BuildContext.detect(matrix, os_image=req.os_image, python=req.python, registry=req.registry)
+    plan = write_plan(matrix, ctx, GENERATED)
+    cmd = bake_command(plan, targets, "--progress", req.progress)
+    env = dict(os.environ)
+    if req.ca_bundle:
+        if not req.ca_bundle.is_file():
+            raise DockerError(f"CA bundle {req.ca_bundle} does not exist (pass the proxy's CA file)")
+        env["CA_BUNDLE"] = str(req.ca_bundle.resolve())
+    if req.dry_run:
+        print(" ".join(cmd))
+        return BuildResult(tuple(targets), {}, 0.0)
+    require_buildx()
+    ensure_os_image(ctx.os_image)
+    print(f"imagectl: building {', '.join(targets)} (OS {ctx.os_image}, Python {ctx.python})", file=sys.stderr)
+    start = time.monotonic()
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
+    seconds = time.monotonic() - start
+    if res.returncode != 0:
+        raise DockerError(f"docker buildx bake failed (exit {res.returncode}) after {seconds:.0f} s; "
+                          "the build log above names the failing step")
+    images: dict[str, str] = {}
+    for t in targets:
+        variant, layer = t.rsplit("-", 1)
+        for ref in matrix.image_refs(matrix.variant(variant), layer, req.registry):
+            images[ref] = inspect_image(ref).id
+    return BuildResult(tuple(targets), images, seconds)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", action="append", default=[],
+                        help="variant to build (repeatable; 'all' for every variant; default: the matrix default)")
+    parser.add_argument("--target", default="data", choices=LAYERS, help="layer to build (default: data)")
+    parser.add_argument("--os-image", default=os.environ.get("OS_IMAGE") or None,
+                        help=f"OS base image (default: the matrix's; {LOCAL_OS_IMAGE} after `make base-os`)")
+    parser.add_argument("--python", default=None, help="override the matrix's Python version (must match the OS)")
+    parser.add_argument("--ca-bundle", type=Path, default=os.environ.get("CA_BUNDLE") or None,
+                        help="CA bundle of a TLS-inspecting proxy, passed as a BuildKit secret (never a layer)")
+    parser.add_argument("--registry", default="", help="prefix the tags with this registry")
+    parser.add_argument("--progress", default="plain", choices=["plain", "tty", "auto", "quiet"])
+    parser.add_argument("--dry-run", action="store_true", help="print the bake command and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    matrix = load_matrix(args.matrix)
+    variants = tuple(v for arg in args.variant for v in arg.split(",") if v)
+    req = BuildRequest(variants=variants, layer=args.target, os_image=args.os_image, python=args.python,
+                       ca_bundle=args.ca_bundle, registry=args.registry, progress=args.progress,
+                       dry_run=args.dry_run)
+    try:
+        result = build(matrix, req)
+    except DockerError as exc:
+        print(f"imagectl: error: {exc}", file=sys.stderr)
+        return 1
+    for ref, image_id in result.images.items():
+        print(f"{ref}  {image_id}")
+    if not req.dry_run:
+        print(f"imagectl: built {len(result.targets)} target(s) in {result.seconds:.0f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,65 @@
+"""imagectl / make: variants listing, and unknown variants failing before any Docker work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture
+def docker_spy(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """PATH with a `docker` that only records that it was called (to prove nothing reached Docker)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    marker = tmp_path / "docker-was-called"
+    spy = bindir / "docker"
+    spy.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
+    spy.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return env, marker
+
+
+def test_variants_table_and_json(repo: Path) -> None:
+    res = run([sys.executable, "-m", "imagectl.cli", "variants"], repo)
+    assert res.returncode == 0
+    assert "cu124 *" in res.stdout and "cu118" in res.stdout and "cu126" in res.stdout
+    data = json.loads(run([sys.executable, "-m", "imagectl.cli", "variants", "--json"], repo).stdout)
+    assert data["variants"]["cu126"]["cudnn"] == "9.5.1.17"
+    assert data["variants"]["cu124"]["tags"]["data"][-1] == data["image"]["series"]
+
+
+@pytest.mark.parametrize("variant", ["cu121", "cu999"])
+def test_imagectl_build_unknown_variant_fails_before_docker(repo: Path, docker_spy, variant: str) -> None:
+    env, marker = docker_spy
+    res = run([sys.executable, "-m", "imagectl.cli", "build", "--variant", variant], repo, env)
+    assert res.returncode == 2
+    assert "cu118, cu124, cu126" in res.stderr
+    if variant == "cu121":
+        assert "no CUDA 12.1 build" in res.stderr and ">= 525" in res.stderr
+    assert not marker.exists(), "docker was invoked for a variant that does not exist"
+
+
+def test_make_build_unknown_variant_fails_before_docker(repo: Path, docker_spy) -> None:
+    env, marker = docker_spy
+    venv = Path(sys.executable).parent.parent
+    res = run(["make", "--no-print-directory", "build", "VARIANT=cu121", f"VENV={venv}"], repo, env)
+    assert res.returncode != 0
+    assert "no CUDA 12.1 build" in res.stderr
+    assert not marker.exists()
+
+
+def test_malformed_matrix_is_reported_by_the_cli(repo: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text((repo / "images" / "matrix.toml").read_text().replace('cuda = "12.4"', 'cuda = "twelve"'))
+    res = run([sys.executable, "-m", "imagectl.cli", "--matrix", str(bad), "variants"], repo)
+    assert res.returncode == 2
+    assert "variants.cu124.cuda: 'twelve' is not a valid CUDA major.minor version" in res.stderr
