@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from imagectl.docker import DockerError, inspect_image, require_engine
 
-# du inside the image: sizes in KiB of the paths two levels under the big trees.
-_DU = ("du -x -k -d 3 /opt/venv /usr /var /home /opt/smoke_tests 2>/dev/null | sort -rn | head -n {n}")
+# du inside the image: sizes in KiB of every directory down to package level in site-packages.
+_DU = "du -x -k -d 7 /opt /usr /var /home /etc 2>/dev/null | sort -rn | head -n 400"
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,28 @@ def layers(image: str) -> list[Layer]:
     return list(reversed(out))  # oldest first
 
 
+def pick_largest(rows: list[tuple[int, str]], n: int) -> list[tuple[int, str]]:
+    """The n largest paths that say something: a directory is skipped when one child holds
+    most (>= 80 %) of it, so /opt/venv/lib/python3.13 gives way to the packages inside it."""
+    sizes = dict((path, size) for size, path in rows)
+    children: dict[str, list[int]] = {}
+    for path, size in sizes.items():
+        parent = path.rsplit("/", 1)[0] or "/"
+        children.setdefault(parent, []).append(size)
+    telling = [(size, path) for path, size in sizes.items()
+               if not children.get(path) or max(children[path]) < 0.8 * size]
+    return sorted(telling, reverse=True)[:n]
+
+
 def largest_paths(image: str, n: int = 15) -> list[tuple[int, str]]:
-    res = subprocess.run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c",
-                          _DU.format(n=n)], capture_output=True, text=True, check=False, timeout=600)
+    res = subprocess.run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", _DU],
+                         capture_output=True, text=True, check=False, timeout=600)
     rows = []
     for line in res.stdout.splitlines():
         kib, _, path = line.partition("\t")
         if kib.strip().isdigit():
             rows.append((int(kib) * 1024, path))
-    return rows
+    return pick_largest(rows, n)
 
 
 def size_report(image: str, top: int = 15) -> SizeReport:

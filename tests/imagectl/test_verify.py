@@ -73,3 +73,12 @@ def test_check_secrets_catches_a_copied_ca_and_passes_a_clean_image(need_docker:
         assert good.ok, good.checks
     finally:
         subprocess.run(["docker", "rmi", "-f", leaky, clean], capture_output=True)
+
+
+def test_size_report_skips_directories_that_are_just_one_child() -> None:
+    from imagectl.size import human, pick_largest
+
+    rows = [(100, "/opt"), (99, "/opt/venv"), (60, "/opt/venv/nvidia"), (39, "/opt/venv/torch"), (1, "/opt/x")]
+    picked = [p for _, p in pick_largest(rows, 3)]
+    assert picked == ["/opt/venv", "/opt/venv/nvidia", "/opt/venv/torch"]
+    assert human(6_100_000_000) == "6.1 GB"
