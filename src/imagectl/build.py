@@ -38,10 +38,11 @@ class BuildResult:
 
 def resolve_targets(matrix: Matrix, req: BuildRequest) -> list[str]:
     """Bake targets for the request. Unknown variants fail here, before any Docker work."""
-    if req.layer not in LAYERS:
-        raise SystemExit(f"imagectl: error: unknown TARGET '{req.layer}': choose one of {', '.join(LAYERS)}")
+    if req.layer not in (*LAYERS, "all"):
+        raise SystemExit(f"imagectl: error: unknown TARGET '{req.layer}': choose one of {', '.join(LAYERS)}, all")
     names = list(matrix.variants) if req.variants == ("all",) else list(req.variants or (matrix.default_variant,))
-    return [target_name(matrix.variant(name), req.layer) for name in names]
+    layers = LAYERS if req.layer == "all" else (req.layer,)
+    return [target_name(matrix.variant(name), layer) for name in names for layer in layers]
 
 
 def ensure_os_image(ref: str) -> None:
@@ -92,7 +93,8 @@ def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="variant to build (repeatable; 'all' for every variant; default: the matrix default)")
-    parser.add_argument("--target", default="data", choices=LAYERS, help="layer to build (default: data)")
+    parser.add_argument("--target", default="data", choices=[*LAYERS, "all"],
+                        help="layer to build (default: data; all = base, torch and data in one bake run)")
     parser.add_argument("--os-image", default=os.environ.get("OS_IMAGE") or None,
                         help=f"OS base image (default: the matrix's; {LOCAL_OS_IMAGE} after `make base-os`)")
     parser.add_argument("--python", default=None, help="override the matrix's Python version (must match the OS)")

@@ -90,6 +90,7 @@ class Matrix:
     tags: TagTemplates
     torch: Mapping[str, str]
     data_stack: Mapping[str, str]
+    build_tools: Mapping[str, str]
     variants: Mapping[str, Variant]
     unsupported: Mapping[str, Unsupported] = field(default_factory=dict)
 
@@ -169,6 +170,7 @@ class Matrix:
             "tags": {k: list(v) for k, v in asdict(self.tags).items()},
             "torch": dict(self.torch),
             "data_stack": dict(self.data_stack),
+            "build_tools": dict(self.build_tools),
             "variants": {
                 name: {**asdict(v), "wheels": dict(v.wheels),
                        "tags": {layer: self.tags_for(v, layer) for layer in LAYERS}}
@@ -180,7 +182,8 @@ class Matrix:
 
 # -- loading and validation ----------------------------------------------------------------
 
-_TOP_KEYS = {"schema", "default_variant", "image", "tags", "torch", "data_stack", "variants", "unsupported"}
+_TOP_KEYS = {"schema", "default_variant", "image", "tags", "torch", "data_stack", "build_tools", "variants",
+             "unsupported"}
 _IMAGE_KEYS = {"name", "os_image", "python", "user", "uid", "series", "source", "licenses"}
 _TAG_KEYS = {"data", "torch", "base", "default"}
 _TORCH_KEYS = {"torch", "torchvision", "torchaudio"}
@@ -291,6 +294,9 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
     _check_keys("torch", raw["torch"], _TORCH_KEYS)
     torch = _pins("torch", raw["torch"])
     data_stack = _pins("data_stack", raw["data_stack"])
+    build_tools = _pins("build_tools", raw["build_tools"])
+    if "uv" not in build_tools:
+        raise MatrixError("build_tools: missing the uv pin (the Dockerfile installs packages with uv)")
     if not isinstance(raw["variants"], dict) or not raw["variants"]:
         raise MatrixError("variants: expected at least one [variants.NAME] table")
     variants = {name: _variant(name, v) for name, v in raw["variants"].items()}
@@ -305,7 +311,7 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
     if default not in variants:
         raise MatrixError(f"default_variant: '{default}' is not one of the variants ({', '.join(variants)})")
     matrix = Matrix(path=path, schema=1, default_variant=default, image=image, tags=tags, torch=torch,
-                    data_stack=data_stack, variants=variants, unsupported=unsupported)
+                    data_stack=data_stack, build_tools=build_tools, variants=variants, unsupported=unsupported)
     _check_tags(matrix)
     return matrix
 

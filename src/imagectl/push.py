@@ -1,0 +1,395 @@
+"""Push a variant's images, only if the exact local image ID passed the smoke suite (the release gate).
+
+    imagectl push --variant cu124 --registry ghcr.io/ORG [--allow-cpu-only] [--layers data,torch,base]
+
+Order of work, and why: (1) gate every image against its smoke report, (2) make the SBOMs, (3) check
+the immutable tag is free, (4) tag the image *by ID* and push, (5) ask the registry which image config
+each pushed digest carries and compare it with the ID that passed, (6) record digest, report and SBOM
+under build/release/sha256-<digest>/. Nothing is pushed unless (1)-(3) pass for every image.
+
+The data image is gated by a report whose `image_id` is its own ID. The torch and base images carry no
+smoke suite; they are gated by containment: their filesystem layers must be a prefix of the gated
+data image's layers (so the exact bits they hold ran in the suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imagectl.docker import DockerError, ImageInfo, inspect_image, require_engine
+from imagectl.matrix import LAYERS, REPO_ROOT, Matrix, Variant, load_matrix
+from imagectl.registry import RegistryError, manifest_info
+from imagectl.release_tags import Stamp, TagError, release_tags
+
+LABEL_VARIANT = "io.pytorch-cuda.variant"
+LABEL_LAYER = "io.pytorch-cuda.layer"
+DEFAULT_REPORT_DIRS = ("build/smoke", "build", ".")
+DEFAULT_OUT = REPO_ROOT / "build" / "release"
+EXIT_REFUSED = 3  # the gate said no (distinct from 1 = a push or registry failure)
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+
+
+class GateRefused(Exception):
+    """The release gate refused; the message names the image, the cause and the fix. Nothing was pushed."""
+
+
+class PushFailed(RuntimeError):
+    """docker push or the registry check failed after the gate passed."""
+
+
+# -- smoke reports ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def image_id(self) -> str:
+        return str(self.data.get("image_id") or "")
+
+    @property
+    def mode(self) -> str:
+        return str(self.data.get("mode") or "")
+
+
+def find_reports(files: list[Path], dirs: list[Path]) -> list[Report]:
+    """Smoke reports (schema 1 JSON with an image_id) among `files` and the *.json files in `dirs`."""
+    candidates = list(files)
+    for d in dirs:
+        if d.is_dir():
+            candidates += sorted(d.glob("*.json"))
+    reports: list[Report] = []
+    seen: set[Path] = set()
+    for path in candidates:
+        real = path.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            if path in files:
+                raise GateRefused(f"{path}: not a readable JSON smoke report") from None
+            continue
+        if isinstance(data, dict) and "image_id" in data and "schema" in data:
+            reports.append(Report(path, data))
+        elif path in files:
+            raise GateRefused(f"{path}: not a smoke report (no 'schema'/'image_id'); "
+                              "write one with `imagectl smoke IMAGE --report FILE`")
+    return reports
+
+
+def judge(report: Report, image_id: str, variant: str, allow_cpu_only: bool) -> str | None:
+    """Why `report` does not let `image_id` be released (None: it does). Only the report's own keys count."""
+    d = report.data
+    if d.get("schema") != 1:
+        return f"report schema {d.get('schema')!r} is not 1 (written by another imagectl version: rerun smoke)"
+    if report.image_id != image_id:
+        return f"it is for image {report.image_id[:19] or '(none)'}, not {image_id[:19]}"
+    if d.get("variant") != variant:
+        return f"it is for variant {d.get('variant')!r}, not {variant!r}"
+    summary = d.get("summary") or {}
+    failed, errors, passed = (int(summary.get(k) or 0) for k in ("failed", "errors", "passed"))
+    if d.get("passed") is not True or failed or errors or passed == 0:
+        bad = [c.get("name", "?") for c in d.get("checks") or [] if c.get("outcome") in ("failed", "error")]
+        detail = f" ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})" if bad else ""
+        return (f"the smoke suite did not pass: {failed} failed, {errors} errors, {passed} passed{detail}; "
+                "fix the image and run `imagectl smoke` again")
+    if report.mode == "gpu" and d.get("expect") == "gpu":
+        return None
+    if report.mode in ("gpu", "cpu") and allow_cpu_only:
+        return None
+    return (f"it passed in {report.mode or 'unknown'} mode (expect={d.get('expect')!r}); a release needs a GPU run: "
+            "`imagectl smoke IMAGE --expect gpu --report FILE` on a GPU host, or pass --allow-cpu-only "
+            "(every tag then ends in -gpu-unverified)")
+
+
+def gate_report(image_id: str, ref: str, variant: str, reports: list[Report], allow_cpu_only: bool,
+                searched: str) -> Report:
+    """The report that lets this exact image be released (a GPU one first), or GateRefused saying why."""
+    mine = [r for r in reports if r.image_id == image_id]
+    verdicts = [(r, judge(r, image_id, variant, allow_cpu_only)) for r in mine]
+    good = [r for r, why in verdicts if why is None]
+    if good:
+        # Prefer a GPU run, then the newest.
+        return max(good, key=lambda r: (r.mode == "gpu" and r.data.get("expect") == "gpu",
+                                        str(r.data.get("finished_at") or "")))
+    head = f"refusing to push {ref} ({image_id[:19]}): "
+    if verdicts:
+        lines = "; ".join(f"{r.path}: {why}" for r, why in verdicts)
+        raise GateRefused(head + f"no passing smoke report for this image ID. {lines}")
+    others = [r for r in reports if r.data.get("variant") in (variant, None)]
+    if others:
+        lines = "; ".join(f"{r.path} is for {r.image_id[:19] or '(none)'}" for r in others[:5])
+        raise GateRefused(head + "the image changed after it was smoke-tested (no report has its ID: "
+                          f"{lines}); run `imagectl smoke {ref} --expect gpu --report FILE` again")
+    raise GateRefused(head + f"no smoke report for this image ID (searched {searched}); run "
+                      f"`imagectl smoke {ref} --expect gpu --report build/smoke/{variant}.json` on a GPU host "
+                      "(or name a report with --report)")
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerRelease:
+    layer: str
+    local_ref: str
+    image: ImageInfo
+    report: Report  # the report that gated it (for torch/base: the data image's)
+    basis: str  # why this image may go out, in words
+    gpu_verified: bool
+    refs: tuple[str, ...]  # REGISTRY/REPOSITORY:TAG, the immutable one last for data
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    variant: str
+    registry: str
+    repository: str
+    images: tuple[LayerRelease, ...]
+    immutable_ref: str | None
+
+
+def _layers_prefix(inner: ImageInfo, outer: ImageInfo) -> bool:
+    a = (inner.raw.get("RootFS") or {}).get("Layers") or []
+    b = (outer.raw.get("RootFS") or {}).get("Layers") or []
+    return bool(a) and b[: len(a)] == a
+
+
+def _check_labels(image: ImageInfo, ref: str, variant: Variant, layer: str) -> None:
+    got = (image.labels.get(LABEL_VARIANT), image.labels.get(LABEL_LAYER))
+    if got != (variant.name, layer):
+        raise GateRefused(
+            f"refusing to push {ref}: its labels say variant={got[0]!r} layer={got[1]!r}, expected "
+            f"{variant.name!r}/{layer!r}; it was not built as this variant's {layer} image (make build)"
+        )
+
+
+def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, layers: tuple[str, ...] = LAYERS,
+                 repository: str | None = None, local_name: str | None = None,
+                 report_files: list[Path] | None = None, report_dirs: list[Path] | None = None,
+                 allow_cpu_only: bool = False) -> ReleasePlan:
+    """Gate every requested layer; GateRefused (nothing pushed) at the first image that may not go out."""
+    variant = matrix.variant(variant_name)
+    if not registry.strip("/"):
+        raise GateRefused("no registry given: pass --registry HOST[:PORT][/NAMESPACE] (make push REGISTRY=...)")
+    for layer in layers:
+        if layer not in LAYERS:
+            raise GateRefused(f"unknown layer {layer!r}: choose from {', '.join(LAYERS)}")
+    repository = repository or matrix.image.name
+    local_name = local_name or matrix.image.name
+    dirs = [Path(d) for d in (report_dirs if report_dirs is not None else DEFAULT_REPORT_DIRS)]
+    reports = find_reports([Path(f) for f in report_files or []], dirs)
+    searched = ", ".join(str(p) for p in [*(report_files or []), *dirs]) or "(nothing)"
+
+    def local(layer: str) -> tuple[str, ImageInfo]:
+        ref = f"{local_name}:{matrix.tags_for(variant, layer)[0]}"
+        try:
+            image = inspect_image(ref)
+        except DockerError as exc:
+            raise GateRefused(f"refusing to push: no local image {ref} ({exc}); build it with "
+                              f"`make build VARIANT={variant.name} TARGET={layer}` or leave it out with --layers") from None
+        _check_labels(image, ref, variant, layer)
+        return ref, image
+
+    # The data image is always gated: the torch and base images are released on its report.
+    data_ref, data_image = local("data")
+    report = gate_report(data_image.id, data_ref, variant.name, reports, allow_cpu_only, searched)
+    gpu = report.mode == "gpu" and report.data.get("expect") == "gpu"
+    try:
+        stamp = Stamp.from_labels(data_image.labels)
+    except TagError as exc:
+        raise GateRefused(f"refusing to push {data_ref}: {exc}") from None
+
+    prefix = f"{registry.strip('/')}/{repository}"
+    out: list[LayerRelease] = []
+    for layer in layers:
+        if layer == "data":
+            ref, image, basis = data_ref, data_image, f"smoke report {report.path} for image ID {data_image.id}"
+        else:
+            ref, image = local(layer)
+            if not _layers_prefix(image, data_image):
+                raise GateRefused(
+                    f"refusing to push {ref} ({image.id[:19]}): its layers are not contained in {data_ref} "
+                    f"({data_image.id[:19]}), so it is not what the smoke suite ran; rebuild the variant in one "
+                    f"go (make build VARIANT={variant.name} TARGET={layer}, then TARGET=data) and smoke it again"
+                )
+            basis = (f"its layers are a prefix of data image {data_image.id}, which passed smoke report "
+                     f"{report.path}")
+        tags = release_tags(matrix, variant, layer, stamp if layer == "data" else None, gpu_verified=gpu)
+        out.append(LayerRelease(layer, ref, image, report, basis, gpu, tuple(f"{prefix}:{t}" for t in tags)))
+    immutable = next((img.refs[-1] for img in out if img.layer == "data"), None)
+    return ReleasePlan(variant.name, registry.strip("/"), repository, tuple(out), immutable)
+
+
+# -- doing it -------------------------------------------------------------------------------------
+
+@dataclass
+class Pushed:
+    layer: str
+    image_id: str
+    digest: str
+    refs: list[str]
+    record_dir: str
+    gpu_verified: bool
+    basis: str
+    report: str
+    sbom: dict[str, str] = field(default_factory=dict)
+
+
+def _docker(docker: str, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([docker, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def preflight(plan: ReleasePlan, docker: str = "docker") -> None:
+    """An immutable tag is never moved: refuse if it already names another image in the registry."""
+    if plan.immutable_ref is None:
+        return
+    data = next(img for img in plan.images if img.layer == "data")
+    try:
+        existing = manifest_info(plan.immutable_ref, docker=docker)
+    except RegistryError as exc:
+        raise GateRefused(f"refusing to push: cannot check the immutable tag: {exc}") from None
+    if existing is not None and existing.config_digest != data.image.id:
+        raise GateRefused(
+            f"refusing to push: {plan.immutable_ref} already holds another image (config "
+            f"{existing.config_digest[:19]}, this one is {data.image.id[:19]}); immutable tags never move. "
+            "The same commit and date built a different image: commit the change and rebuild"
+        )
+
+
+def push_image(img: LayerRelease, docker: str = "docker") -> str:
+    """Tag by image ID (so a tag moved meanwhile cannot change what goes out), push, verify; the digest."""
+    digests: set[str] = set()
+    for ref in img.refs:
+        res = _docker(docker, "tag", img.image.id, ref)
+        if res.returncode != 0:
+            raise PushFailed(f"docker tag {img.image.id[:19]} {ref} failed: {res.stderr.strip()}")
+        res = _docker(docker, "push", ref)
+        _docker(docker, "rmi", ref)  # only an untag: the image keeps its other tags
+        if res.returncode != 0:
+            raise PushFailed(f"docker push {ref} failed: {res.stderr.strip() or res.stdout[-500:]} "
+                             "(logged in? `docker login REGISTRY`)")
+        m = _DIGEST.search(res.stdout)
+        if not m:
+            raise PushFailed(f"docker push {ref} printed no digest:\n{res.stdout[-500:]}")
+        info = manifest_info(ref, docker=docker)
+        if info is None or info.digest != m.group(1) or info.config_digest != img.image.id:
+            raise PushFailed(f"the registry's {ref} is not the image that passed: digest "
+                             f"{info and info.digest}, config {info and info.config_digest}; expected "
+                             f"{m.group(1)} with config {img.image.id}")
+        digests.add(m.group(1))
+    if len(digests) != 1:
+        raise PushFailed(f"the tags of {img.local_ref} got different digests: {sorted(digests)}")
+    return digests.pop()
+
+
+def record(img: LayerRelease, digest: str, out: Path, sbom_files: dict[str, Path]) -> Pushed:
+    """build/release/sha256-<hex>/: push.json, smoke-report.json, sbom/*; one line in pushes.jsonl."""
+    folder = out / digest.replace(":", "-")
+    (folder / "sbom").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(img.report.path, folder / "smoke-report.json")
+    sboms = {}
+    for kind, path in sbom_files.items():
+        target = folder / "sbom" / path.name
+        shutil.copyfile(path, target)
+        sboms[kind] = str(target.relative_to(folder))
+    pushed = Pushed(layer=img.layer, image_id=img.image.id, digest=digest, refs=list(img.refs),
+                    record_dir=str(folder), gpu_verified=img.gpu_verified, basis=img.basis,
+                    report=str(img.report.path), sbom=sboms)
+    doc = {**asdict(pushed), "pinned": [f"{r.rsplit(':', 1)[0]}@{digest}" for r in img.refs[:1]],
+           "labels": img.image.labels, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    (folder / "push.json").write_text(json.dumps(doc, indent=2) + "\n")
+    with (out / "pushes.jsonl").open("a") as fh:
+        fh.write(json.dumps({k: doc[k] for k in ("layer", "image_id", "digest", "refs", "record_dir",
+                                                 "gpu_verified", "pushed_at")}) + "\n")
+    return pushed
+
+
+def execute(plan: ReleasePlan, out: Path = DEFAULT_OUT, sbom: bool = True, docker: str = "docker",
+            log: Any = print) -> list[Pushed]:
+    """SBOMs, immutable-tag check, then push + verify + record each image. Returns what was pushed."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, dict[str, Path]] = {}
+    for img in plan.images:
+        staged[img.layer] = {}
+        if sbom:
+            from imagectl.sbom import SbomError, generate_sbom
+
+            try:
+                result = generate_sbom(img.image.id, out / ".staging" / img.image.id.split(":")[-1][:12],
+                                       docker=docker)
+            except SbomError as exc:
+                raise GateRefused(f"refusing to push {img.local_ref}: no SBOM: {exc}") from None
+            staged[img.layer] = result.files
+    preflight(plan, docker)
+    done: list[Pushed] = []
+    for img in plan.images:
+        digest = push_image(img, docker)
+        pushed = record(img, digest, out, staged[img.layer])
+        done.append(pushed)
+        for ref in img.refs:
+            log(f"pushed {ref} -> {digest}")
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    return done
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default=None, help="variant from images/matrix.toml (default: the matrix default)")
+    parser.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE] to push to")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated layers (default: all)")
+    parser.add_argument("--report", action="append", default=[], type=Path,
+                        help="smoke report file (repeatable); also searched: --reports-dir")
+    parser.add_argument("--reports-dir", action="append", default=None, type=Path,
+                        help=f"folder of smoke reports (repeatable; default: {', '.join(DEFAULT_REPORT_DIRS)})")
+    parser.add_argument("--allow-cpu-only", action="store_true",
+                        help="accept a CPU-mode report; every tag then ends in -gpu-unverified")
+    parser.add_argument("--repository", default=None, help="repository name in the registry (default: matrix image name)")
+    parser.add_argument("--local-name", default=None, help="local image name (default: matrix image name)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="release records folder (default: build/release)")
+    parser.add_argument("--no-sbom", action="store_true", help="skip SBOM generation (not for releases)")
+    parser.add_argument("--dry-run", action="store_true", help="gate and print the plan; push nothing")
+    parser.add_argument("--docker", default="docker", help="docker client to use")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Push a variant's images only if the exact image IDs passed the smoke suite; record digests."""
+    matrix = load_matrix(args.matrix)
+    try:
+        require_engine()
+        plan = plan_release(matrix, args.variant, args.registry,
+                            layers=tuple(x.strip() for x in args.layers.split(",") if x.strip()),
+                            repository=args.repository, local_name=args.local_name,
+                            report_files=args.report, report_dirs=args.reports_dir,
+                            allow_cpu_only=args.allow_cpu_only)
+        for img in plan.images:
+            print(f"gate ok: {img.local_ref} {img.image.id[:19]} ({img.basis})")
+            print(f"  tags: {', '.join(img.refs)}")
+        if not plan.images[0].gpu_verified:
+            print("WARNING: not GPU-verified (CPU-only smoke report): tags end in -gpu-unverified", file=sys.stderr)
+        if args.dry_run:
+            print("dry run: nothing pushed")
+            return 0
+        pushed = execute(plan, out=args.out, sbom=not args.no_sbom, docker=args.docker)
+    except GateRefused as exc:
+        print(f"imagectl push: {exc}", file=sys.stderr)
+        print("imagectl push: nothing was pushed", file=sys.stderr)
+        return EXIT_REFUSED
+    except (DockerError, RegistryError, PushFailed, subprocess.TimeoutExpired) as exc:
+        print(f"imagectl push: error: {exc}", file=sys.stderr)
+        return 1
+    for p in pushed:
+        print(f"{p.layer}: {p.digest} (image {p.image_id[:19]}; record {p.record_dir})")
+    return 0
