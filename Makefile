@@ -70,8 +70,10 @@ size: setup  ## per-layer sizes and largest paths of IMAGE
 bench: setup  ## zarrloader read benchmark on an embedded S3 server (quick)
 	$(VENV)/bin/zarrloader bench --quick
 
-push: setup  ## push VARIANT to REGISTRY, only if its exact image passed the smoke suite
-	$(IMAGECTL) push $(if $(VARIANT),--variant $(VARIANT)) --registry $(REGISTRY)
+push: setup  ## push VARIANT to REGISTRY, only if its exact image passed the smoke suite [ALLOW_CPU_ONLY=1] [REPORT=]
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=host[:port][/namespace], e.g. REGISTRY=ghcr.io/acme" >&2; exit 2; }
+	$(IMAGECTL) push $(if $(VARIANT),--variant $(VARIANT)) --registry $(REGISTRY) \
+		$(if $(ALLOW_CPU_ONLY),--allow-cpu-only) $(if $(REPORT),--report $(REPORT))
 
 lint: setup  ## ruff, hadolint, shellcheck, actionlint
 	bash scripts/lint.sh

@@ -72,7 +72,7 @@ def build_args(matrix: Matrix, variant: Variant, ctx: BuildContext) -> dict[str,
     return {
         "OS_IMAGE": ctx.os_image,
         "PYTHON_VERSION": ctx.python,
-        "USERNAME": matrix.image.user,
+        "USER_NAME": matrix.image.user,
         "USER_UID": str(matrix.image.uid),
         "NVIDIA_REQUIRE_CUDA": variant.nvidia_require_cuda,
         "TORCH_INDEX_URL": variant.index_url,

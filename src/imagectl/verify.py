@@ -174,9 +174,9 @@ def check_secrets(report: VerifyReport, image: str, host_bundle: Path) -> None:
                 f = tar.extractfile(member)
                 data = f.read() if f else b""
                 scanned += 1
-                if b"-----BEGIN CERTIFICATE-----" in data or member.name.endswith((".crt", ".pem")):
-                    if any(n in data for n in needles):
-                        hits.append(member.name)
+                # every file, not only *.pem/*.crt: a copied CA can hide in any config file
+                if any(n in data for n in needles):
+                    hits.append(member.name)
         proc.wait()
     finally:
         _docker("rm", "-f", cid)

@@ -1,0 +1,152 @@
+"""The release gate against a real registry on loopback, with real docker push and pull."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from release_helpers import GateImages, image_id, write_report
+
+from imagectl import push
+from imagectl.matrix import Matrix
+from imagectl.registry import LocalRegistry, manifest_info
+
+pytestmark = pytest.mark.docker
+
+
+def _push_cli(images: GateImages, registry: LocalRegistry, reports: Path, out: Path, *extra: str,
+              ) -> subprocess.CompletedProcess[str]:
+    """`imagectl push` exactly as `make push` runs it (plus the test's names and folders)."""
+    cmd = [sys.executable, "-m", "imagectl.cli", "push", "--variant", "cu124", "--registry", registry.address,
+           "--local-name", images.name, "--repository", images.name, "--reports-dir", str(reports),
+           "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _expected_tags(matrix: Matrix, suffix: str = "") -> set[str]:
+    v = matrix.variant("cu124")
+    tags = {*matrix.tags_for(v, "data"), *matrix.tags_for(v, "torch"), *matrix.tags_for(v, "base"),
+            "v2.6-cu124-20261130-0123456"}
+    return {t + suffix for t in tags}
+
+
+def test_refused_without_report(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    images.build()
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out")
+    assert res.returncode == push.EXIT_REFUSED, res.stdout + res.stderr
+    assert "no smoke report for this image ID" in res.stderr
+    assert "imagectl smoke" in res.stderr  # the fix is named
+    assert "nothing was pushed" in res.stderr
+    assert images.name not in registry.catalog()
+
+
+def test_refused_with_failing_report(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"], failed=2)
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out")
+    assert res.returncode == push.EXIT_REFUSED
+    assert "did not pass: 2 failed" in res.stderr and "test_broken_0" in res.stderr
+    assert images.name not in registry.catalog()
+
+
+def test_refused_when_image_changed_after_report(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    old = images.build()["data"]
+    write_report(tmp_path / "reports/r.json", old)
+    new = images.build(data_content="data v2 (changed after the smoke run)")["data"]
+    assert new != old
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out")
+    assert res.returncode == push.EXIT_REFUSED
+    assert "changed after it was smoke-tested" in res.stderr and old[:19] in res.stderr
+    assert images.name not in registry.catalog()
+
+
+def test_cpu_report_needs_flag_and_marks_tags(images: GateImages, registry: LocalRegistry, tmp_path: Path,
+                                              matrix: Matrix) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"], mode="cpu", expect="cpu")
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom")
+    assert res.returncode == push.EXIT_REFUSED
+    assert "a release needs a GPU run" in res.stderr and "--allow-cpu-only" in res.stderr
+    assert images.name not in registry.catalog()
+
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom", "--allow-cpu-only")
+    assert res.returncode == 0, res.stderr
+    assert set(registry.tags(images.name)) == _expected_tags(matrix, "-gpu-unverified")
+
+
+def test_torch_image_not_inside_data_image_is_refused(images: GateImages, registry: LocalRegistry,
+                                                      tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"])
+    # Rebuild only base+torch from different content: they are no longer what the data image holds.
+    images.build(layers=("base", "torch"), base_content="another base\n")
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom")
+    assert res.returncode == push.EXIT_REFUSED
+    assert "not contained in" in res.stderr
+    assert images.name not in registry.catalog()
+
+
+def test_accepted_pushes_records_and_pulls_back(images: GateImages, registry: LocalRegistry, tmp_path: Path,
+                                                matrix: Matrix) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"])
+    out = tmp_path / "out"
+    res = _push_cli(images, registry, tmp_path / "reports", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert set(registry.tags(images.name)) == _expected_tags(matrix)
+
+    records = [json.loads(line) for line in (out / "pushes.jsonl").read_text().splitlines()]
+    assert {r["layer"] for r in records} == {"base", "torch", "data"}
+    data = next(r for r in records if r["layer"] == "data")
+    assert data["image_id"] == ids["data"] and data["gpu_verified"] is True
+    assert data["digest"] in res.stdout  # printed as well as recorded
+    folder = Path(data["record_dir"])
+    assert folder.name == data["digest"].replace(":", "-")
+    assert json.loads((folder / "smoke-report.json").read_text())["image_id"] == ids["data"]
+    bom = json.loads((folder / "sbom/debian.cdx.json").read_text())
+    assert bom["bomFormat"] == "CycloneDX" and len(bom["components"]) > 10
+    push_doc = json.loads((folder / "push.json").read_text())
+    assert push_doc["sbom"]["debian"] == "sbom/debian.cdx.json"
+
+    # The registry holds this exact image: every tag -> same digest -> config == the ID that passed.
+    for ref in data["refs"]:
+        info = manifest_info(ref)
+        assert info is not None and (info.digest, info.config_digest) == (data["digest"], ids["data"])
+
+    # Pull the digest into an engine that no longer has the image: same image ID.
+    subprocess.run(["docker", "rmi", "-f", images.ref("data"), ids["data"]], capture_output=True)
+    assert subprocess.run(["docker", "image", "inspect", ids["data"]], capture_output=True).returncode != 0
+    pinned = f"{registry.address}/{images.name}@{data['digest']}"
+    subprocess.run(["docker", "pull", "-q", pinned], check=True, capture_output=True, timeout=120)
+    assert image_id(pinned) == ids["data"]
+
+    # Pushing again is idempotent: same digests, immutable tag unchanged.
+    images.build()
+    assert _push_cli(images, registry, tmp_path / "reports", out, "--no-sbom").returncode == 0
+
+
+def test_immutable_tag_is_never_moved(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    first = images.build()["data"]
+    write_report(tmp_path / "reports/a.json", first)
+    assert _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom",
+                     "--layers", "data").returncode == 0
+    # Same commit label and date, different content: it would get the same immutable tag.
+    second = images.build(data_content="rebuilt from the same commit, differently")["data"]
+    write_report(tmp_path / "reports/b.json", second)
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom", "--layers", "data")
+    assert res.returncode == push.EXIT_REFUSED
+    assert "immutable tags never move" in res.stderr
+    info = manifest_info(f"{registry.address}/{images.name}:v2.6-cu124")
+    assert info is not None and info.config_digest == first  # the moving tag was not moved either
+
+
+def test_dry_run_pushes_nothing(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"])
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--dry-run")
+    assert res.returncode == 0 and "dry run: nothing pushed" in res.stdout
+    assert "v2.6-cu124-20261130-0123456" in res.stdout
+    assert images.name not in registry.catalog()
