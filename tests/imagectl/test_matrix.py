@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from imagectl.matrix import DEFAULT_MATRIX, LAYERS, MatrixError, UnknownVariantError, load_matrix, parse_matrix
+from imagectl.matrix import (
+    DEFAULT_MATRIX,
+    LAYERS,
+    MatrixError,
+    UnknownVariantError,
+    load_matrix,
+    parse_matrix,
+)
 
 
 def raw_matrix() -> dict[str, Any]:
