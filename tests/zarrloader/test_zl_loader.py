@@ -1,0 +1,233 @@
+"""The loader against the real embedded S3 server: coverage, determinism, resume, DDP, patches."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from zl_helpers import BUCKET, Datasets, N, images, labels
+
+from zarrloader import ZarrSource, make_loader
+
+
+def loader(ds: Datasets, name: str = "v3.zarr", **kw):
+    kw.setdefault("batch_size", 16)
+    kw.setdefault("return_index", True)
+    kw.setdefault("concurrency", 4)
+    return make_loader(ZarrSource(ds.url(name), storage_options=ds.options), **kw)
+
+
+def epoch_indices(ld) -> list[int]:
+    return [i for b in ld for i in b["index"].tolist()]
+
+
+def check_content(batch: dict[str, torch.Tensor]) -> None:
+    idx = batch["index"].numpy()
+    np.testing.assert_array_equal(batch["images"].numpy(), images()[idx])
+    np.testing.assert_array_equal(batch["labels"].numpy(), labels()[idx])
+
+
+def test_batches_are_tensors_with_the_right_samples(datasets: Datasets) -> None:
+    ld = loader(datasets, batch_size=32, seed=4)
+    batches = list(ld)
+    assert len(batches) == len(ld) == -(-N // 32)
+    for b in batches:
+        assert isinstance(b["images"], torch.Tensor) and b["images"].dtype == torch.uint16
+        assert b["images"].shape[1:] == (3, 12, 10)
+        check_content(b)
+    assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(N))
+
+
+def test_shuffled_is_not_storage_order_and_sequential_is(datasets: Datasets) -> None:
+    assert epoch_indices(loader(datasets, shuffle=False)) == list(range(N))
+    shuffled = epoch_indices(loader(datasets, shuffle=True, seed=0))
+    assert shuffled != list(range(N)) and sorted(shuffled) == list(range(N))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_sample_exactly_once_across_ranks(datasets: Datasets, world: int) -> None:
+    per_rank = [epoch_indices(loader(datasets, rank=r, world_size=world, seed=11)) for r in range(world)]
+    merged = [i for part in per_rank for i in part]
+    assert sorted(merged) == list(range(N)), "a sample was lost or duplicated"
+    assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+
+
+def test_deterministic_by_seed_and_new_order_each_epoch(datasets: Datasets) -> None:
+    a, b, c = loader(datasets, seed=5), loader(datasets, seed=5), loader(datasets, seed=6)
+    ea, eb, ec = epoch_indices(a), epoch_indices(b), epoch_indices(c)
+    assert ea == eb
+    assert ea != ec
+    assert epoch_indices(a) != ea, "second epoch repeated the first one's order"
+    assert epoch_indices(a) == (epoch_indices(b), epoch_indices(b))[1]  # epoch 2 of a == epoch 2 of b
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 12])
+def test_resume_mid_epoch_is_exact(datasets: Datasets, stop_after: int) -> None:
+    ld = loader(datasets, seed=2, batch_size=10, shuffle_buffer_chunks=3)
+    it = iter(ld)
+    for _ in range(stop_after):
+        next(it)
+    state = pickle.loads(pickle.dumps(ld.state_dict()))  # a checkpoint goes through serialisation
+    rest = [b["index"].tolist() for b in it]
+    next_epoch = epoch_indices(ld)
+
+    fresh = loader(datasets, seed=2, batch_size=10, shuffle_buffer_chunks=3)
+    fresh.load_state_dict(state)
+    resumed = [b["index"].tolist() for b in fresh]
+    assert resumed == rest
+    assert epoch_indices(fresh) == next_epoch
+
+
+def test_resume_at_epoch_end_starts_next_epoch(datasets: Datasets) -> None:
+    ld = loader(datasets, seed=2)
+    list(ld)
+    state = ld.state_dict()
+    expected = epoch_indices(ld)
+    fresh = loader(datasets, seed=2)
+    fresh.load_state_dict(state)
+    assert epoch_indices(fresh) == expected
+
+
+def test_drop_last_and_transforms(datasets: Datasets) -> None:
+    ld = loader(datasets, batch_size=50, drop_last=True, transform=lambda b: {**b, "images": b["images"].float() / 2})
+    batches = list(ld)
+    assert len(batches) == len(ld) == N // 50
+    assert all(b["images"].dtype == torch.float32 and len(b["index"]) == 50 for b in batches)
+    idx = batches[0]["index"].numpy()
+    np.testing.assert_allclose(batches[0]["images"].numpy(), images()[idx] / 2)
+
+    def per_sample(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"x": s["images"][0].astype(np.int64).sum(), "y": s["labels"], "index": s["index"]}
+
+    b0 = next(iter(loader(datasets, batch_size=8, sample_transform=per_sample)))
+    idx = b0["index"].numpy()
+    np.testing.assert_array_equal(b0["x"].numpy(), images()[idx][:, 0].sum(axis=(1, 2)))
+    np.testing.assert_array_equal(b0["y"].numpy(), labels()[idx])
+
+
+def test_transform_errors_reach_the_caller(datasets: Datasets) -> None:
+    def bad(_: object) -> object:
+        raise KeyError("user transform failed")
+
+    with pytest.raises(KeyError, match="user transform failed"):
+        next(iter(loader(datasets, transform=bad)))
+
+
+def test_patch_mode_windows_match_the_array(datasets: Datasets) -> None:
+    full = np.arange(24 * 2 * 40 * 36, dtype=np.float32).reshape(24, 2, 40, 36)
+    kw = {"batch_size": 5, "patch_size": (16, 12), "patch_axes": (-2, -1), "seed": 3}
+    batches = list(loader(datasets, "stack.zarr", **kw))
+    origins = set()
+    for b in batches:
+        assert b[""].shape[1:] == (2, 16, 12)
+        for patch, row in zip(b[""].numpy(), b["index"].tolist(), strict=True):
+            # find the window: value at [0, 0, 0] encodes its origin
+            v = int(patch[0, 0, 0]) - row * 2 * 40 * 36
+            y, x = divmod(v, 36)
+            origins.add((y, x))
+            np.testing.assert_array_equal(patch, full[row, :, y : y + 16, x : x + 12])
+    assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(24))
+    assert len(origins) > 5, "patches are not random"
+    again = list(loader(datasets, "stack.zarr", **kw))
+    assert all(torch.equal(a[""], b[""]) for a, b in zip(batches, again, strict=True)), "patches not reproducible"
+
+
+def test_patch_mode_keeps_low_rank_arrays_whole(datasets: Datasets) -> None:
+    b = next(iter(loader(datasets, batch_size=4, patch_size=(5, 4))))
+    assert b["images"].shape == (4, 3, 5, 4)
+    np.testing.assert_array_equal(b["labels"].numpy(), labels()[b["index"].numpy()])
+
+
+def test_memory_bound_is_documented_number(datasets: Datasets) -> None:
+    ld = loader(datasets, batch_size=16, shuffle_buffer_chunks=4, concurrency=2)
+    src = ld.source
+    assert src.block_length == 80  # lcm(16, 20)
+    per_read = 80 * (3 * 12 * 10 * 2 + 8)
+    group = 4  # reads of 58 KB are coalesced up to K=4 per fetch
+    assert ld.memory_bound_bytes() == (4 + 4 * 2 * group) * per_read + (2 + 3) * 16 * (3 * 12 * 10 * 2 + 8)
+
+
+@pytest.fixture(scope="module")
+def mem_server(tmp_path_factory: pytest.TempPathFactory):
+    """16 MiB of 64 KiB samples, chunked by 4 rows (256 KiB) and by 16 rows (1 MiB), on its own server."""
+    import zarr
+
+    from zarrloader.s3server import embedded_s3
+
+    root = tmp_path_factory.mktemp("mem")
+    data = np.random.default_rng(0).random((256, 128, 128), dtype=np.float32)
+    for rows in (4, 16):
+        z = zarr.create_array(str(root / BUCKET / f"mem{rows}.zarr"), shape=data.shape, chunks=(rows, 128, 128),
+                              dtype="float32", compressors=None)
+        z[:] = data
+    with embedded_s3(root) as server:
+        yield server
+
+
+@pytest.mark.parametrize(("chunk_rows", "shuffle"), [(4, True), (16, True), (16, False)])
+def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool) -> None:
+    """The peak of what an epoch allocates (numpy buffers and Python objects, via tracemalloc) stays
+    under memory_bound_bytes(), which is itself well under the 16 MiB of data."""
+    from zarrloader.bench import traced_peak
+
+    ld = make_loader(ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=mem_server.storage_options()),
+                     batch_size=16, shuffle=shuffle, concurrency=2, shuffle_buffer_chunks=1, pin_memory=False)
+    bound = ld.memory_bound_bytes()
+    assert bound < 16 * 2**20, "bound larger than the data: the test would prove nothing"
+    n: list[int] = []
+    peak = traced_peak(lambda: n.extend(len(b[""]) for b in ld))
+    assert sum(n) == 256
+    assert peak <= bound, f"allocated {peak / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
+
+
+def test_coalesced_reads_change_nothing_but_speed(datasets: Datasets) -> None:
+    single = [b for b in loader(datasets, seed=8, min_read_bytes=1)]
+    coalesced = [b for b in loader(datasets, seed=8)]
+    assert len(single) == len(coalesced)
+    for a, b in zip(single, coalesced, strict=True):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["images"], b["images"])
+        check_content(b)
+
+
+def test_pin_memory_without_cuda_is_a_clear_error(datasets: Datasets) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: pinning is valid here")
+    with pytest.raises(ValueError, match="pin_memory=True needs CUDA"):
+        loader(datasets, pin_memory=True)
+
+
+def _child_epoch(ld, q) -> None:  # runs in a forked child
+    try:
+        q.put(sorted(epoch_indices(ld)))
+    except BaseException as exc:  # report instead of dying silently
+        q.put(repr(exc))
+
+
+def test_nothing_opened_before_fork_and_forked_child_reads(datasets: Datasets) -> None:
+    src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options)
+    ld = make_loader(src, batch_size=32, return_index=True, concurrency=2)
+    assert not src.is_open and not ld.source.is_open, "make_loader opened the store before a fork"
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_epoch, args=(ld, q))
+    p.start()
+    try:
+        result = q.get(timeout=60)
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    assert result == list(range(N))
+    assert os.getpid() != p.pid
+
+
+def test_source_pickles_without_handles(datasets: Datasets) -> None:
+    src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options).open()
+    assert src.is_open
+    clone = pickle.loads(pickle.dumps(src))
+    assert not clone.is_open
+    assert clone.read_rows(3, 5)["labels"].tolist() == labels()[3:5].tolist()
