@@ -63,3 +63,14 @@ def test_malformed_matrix_is_reported_by_the_cli(repo: Path, tmp_path: Path) -> 
     res = run([sys.executable, "-m", "imagectl.cli", "--matrix", str(bad), "variants"], repo)
     assert res.returncode == 2
     assert "variants.cu124.cuda: 'twelve' is not a valid CUDA major.minor version" in res.stderr
+
+
+@pytest.mark.docker
+def test_an_os_image_that_cannot_be_pulled_points_to_make_base_os(need_docker: None) -> None:
+    from imagectl.build import ensure_os_image
+    from imagectl.docker import DockerError
+
+    with pytest.raises(DockerError) as exc:
+        ensure_os_image("localhost:1/pytorch-cuda-test/no-such-os:0")
+    msg = str(exc.value)
+    assert "cannot pull the OS image" in msg and "make base-os" in msg and "OS_IMAGE=pytorch-cuda-os:trixie" in msg

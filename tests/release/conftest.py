@@ -7,6 +7,7 @@ exactly like real images. They are named pushtest/gate-<nonce> and removed at th
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -56,3 +57,18 @@ def images(need_docker: None, tmp_path: Path, matrix: Matrix) -> Iterator[GateIm
         yield imgs
     finally:
         imgs.remove()
+
+
+BUILT_IMAGE = "pytorch-cuda:v2.6-cu124"
+
+
+@pytest.fixture(scope="module")
+def built_image(need_docker: None) -> str:
+    """The default data image as `make build` makes it. Missing: a skip, or a failure when
+    REQUIRE_BUILT_IMAGE is set (.ci/run after its build, where a skip would hide a failure)."""
+    if subprocess.run(["docker", "image", "inspect", BUILT_IMAGE], capture_output=True).returncode != 0:
+        msg = f"{BUILT_IMAGE} is not built: `make build` builds it"
+        if os.environ.get("REQUIRE_BUILT_IMAGE"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return BUILT_IMAGE
