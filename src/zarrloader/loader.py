@@ -21,7 +21,7 @@ import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from .errors import DatasetLayoutError
-from .nodes import Failure, Fetcher, PatchSpec, PlanCursor, PlanTasks, ShuffleBatcher
+from .nodes import AsyncFetch, Failure, Fetcher, FetchSwitch, PatchSpec, PlanCursor, PlanTasks, ShuffleBatcher
 from .plan import PlanConfig, make_plan
 from .source import ZarrSource
 from .storage import StorageOptions
@@ -221,7 +221,8 @@ def make_loader(
 
     shuffle, seed: shuffle the chunk order every epoch from (seed, epoch), then samples inside a
         buffer of ``shuffle_buffer_chunks`` reads. shuffle=False reads in storage order.
-    concurrency: reads in flight (threads); zarr's async concurrency and the HTTP pool follow it.
+    concurrency: fetches in flight (on zarr's event loop; threads in patch mode); zarr's async
+        concurrency and the HTTP pool follow it.
     rank, world_size: DDP sharding (default: from torch.distributed when initialised). Each sample
         goes to exactly one rank; ranks differ by at most one sample per epoch.
     patch_size, patch_axes: patch mode: a random window per sample instead of whole samples.
@@ -286,7 +287,13 @@ def make_loader(
             zarr.config.set({"async.concurrency": concurrency})
 
     tasks = PlanTasks(cursor)
-    fetched = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True, method="thread")
+    # Coalesced whole-row reads: submitted straight to zarr's event loop, no worker threads. One read
+    # per fetch (chunks >= min_read_bytes) and patches (one zarr call per sample window): `concurrency`
+    # threads.
+    threads = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True, method="thread")
+    fetched: BaseNode[Any] = threads if patch is not None else FetchSwitch(
+        AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=2 * concurrency + 8),
+        threads, cursor)
     batcher = ShuffleBatcher(fetched, cursor, plan_config, batch_size=batch_size, drop_last=drop_last,
                              return_index=return_index, initial_epoch=initial_epoch, on_epoch=on_epoch)
     node: BaseNode[Any] = batcher

@@ -8,6 +8,7 @@ fsspec/s3fs clients and zarr's event loop must never cross a fork.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -367,26 +368,37 @@ class ZarrSource:
         """Several row ranges at once, split back per range. Adjacent ranges are merged; the rest are
         read as basic slices gathered on zarr's event loop in one call, so their chunks are fetched
         concurrently. Used to coalesce reads of small chunks, where per-call overhead dominates."""
-        merged: list[list[int]] = []
-        for a, b in ranges:
-            if merged and merged[-1][1] == a:
-                merged[-1][1] = b
-            else:
-                merged.append([a, b])
+        merged = _merge_ranges(ranges)
         handles = self._handles()
         if len(merged) == 1:
             data = {name: [self.read_array_rows(name, *merged[0])] for name in handles}
         else:
             data = self._gather_slices(handles, merged)
-        # split merged segments back into the requested ranges
-        out: list[dict[str, np.ndarray]] = []
-        seg, offset = 0, 0
-        for a, b in ranges:
-            if a != merged[seg][0] + offset:
-                seg, offset = seg + 1, 0
-            out.append({name: parts[seg][offset : offset + b - a] for name, parts in data.items()})
-            offset += b - a
-        return out
+        return _split_ranges(ranges, merged, data)
+
+    def submit_ranges(self, ranges: Sequence[tuple[int, int]]) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
+        """Start ``read_ranges(ranges)`` on zarr's event loop and return its future at once (no thread
+        waits on it until the result is needed), or None when this zarr has no loop to submit to.
+        A failed future carries the raw exception: redo with ``read_ranges`` to get the chunk named."""
+        try:
+            from zarr.core.sync import _get_loop
+        except ImportError:  # pragma: no cover - present in zarr 3.0 to 3.4
+            return None
+        handles = self._handles()
+        merged = _merge_ranges(ranges)
+
+        async def run() -> list[dict[str, np.ndarray]]:
+            import asyncio
+
+            coros = [_async_array(arr).getitem(slice(a, b)) for arr in handles.values() for a, b in merged]
+            flat = await asyncio.gather(*coros)
+            n = len(merged)
+            data = {name: [np.asarray(x) for x in flat[i * n : (i + 1) * n]] for i, name in enumerate(handles)}
+            return _split_ranges(ranges, merged, data)
+
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(run(), _get_loop())
 
     def _gather_slices(self, handles: dict[str, Any], segments: list[list[int]]) -> dict[str, list[np.ndarray]]:
         import asyncio
@@ -395,7 +407,7 @@ class ZarrSource:
 
         async def all_reads() -> list[Any]:
             coros = [
-                (getattr(arr, "async_array", None) or arr._async_array).getitem(slice(a, b))
+                _async_array(arr).getitem(slice(a, b))
                 for arr in handles.values()
                 for a, b in segments
             ]
@@ -501,6 +513,33 @@ class ZarrSource:
                     return self.object_key(name, outer), inner
                 return self.object_key(name, coords), None
         return None
+
+
+def _async_array(arr: Any) -> Any:
+    return getattr(arr, "async_array", None) or arr._async_array
+
+
+def _merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[list[int]]:
+    merged: list[list[int]] = []
+    for a, b in ranges:
+        if merged and merged[-1][1] == a:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def _split_ranges(ranges: Sequence[tuple[int, int]], merged: list[list[int]],
+                  data: dict[str, list[np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Split the merged segments read back into the requested ranges (views, no copies)."""
+    out: list[dict[str, np.ndarray]] = []
+    seg, offset = 0, 0
+    for a, b in ranges:
+        if a != merged[seg][0] + offset:
+            seg, offset = seg + 1, 0
+        out.append({name: parts[seg][offset : offset + b - a] for name, parts in data.items()})
+        offset += b - a
+    return out
 
 
 def _fmt_sel(sel: tuple[slice, ...]) -> str:

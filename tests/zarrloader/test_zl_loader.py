@@ -193,6 +193,28 @@ def test_coalesced_reads_change_nothing_but_speed(datasets: Datasets) -> None:
         check_content(b)
 
 
+@pytest.mark.parametrize("batch_size", [7, 16, 50])
+def test_sequential_batches_across_coalesced_reads(datasets: Datasets, batch_size: int) -> None:
+    # storage order: batches are views across reads fetched together, slice copies across fetches
+    batches = list(loader(datasets, shuffle=False, batch_size=batch_size))
+    assert [i for b in batches for i in b["index"].tolist()] == list(range(N))
+    for b in batches:
+        check_content(b)
+
+
+def test_adjacent_rows_view_only_when_back_to_back() -> None:
+    from zarrloader.nodes import _adjacent_rows
+
+    base = np.arange(64 * 3 * 2, dtype=np.float32).reshape(64, 3, 2)
+    parts = [base[i : i + 16] for i in range(0, 64, 16)]
+    v = _adjacent_rows(parts[0], parts[1:3], 5, 40)
+    assert v is not None and np.shares_memory(v, base)
+    np.testing.assert_array_equal(v, base[5:45])
+    assert _adjacent_rows(parts[0], [parts[2]], 0, 20) is None  # a gap between the reads
+    assert _adjacent_rows(parts[0], [base[16:32].copy()], 0, 20) is None  # another array
+    assert _adjacent_rows(parts[2], [parts[3]], 10, 30) is None  # past the end
+
+
 def test_pin_memory_without_cuda_is_a_clear_error(datasets: Datasets) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present: pinning is valid here")
