@@ -16,7 +16,7 @@ from zarrloader.advice import CostModel, inspect_store
 from zarrloader.cli import main
 from zarrloader.s3server import S3Server
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "zarrloader.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"  # the article section lives there
 
 
 def snippet(name: str) -> str:
