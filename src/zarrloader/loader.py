@@ -21,7 +21,7 @@ import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from .errors import DatasetLayoutError
-from .nodes import AsyncFetch, Failure, Fetcher, FetchSwitch, PatchSpec, PlanCursor, PlanTasks, ShuffleBatcher
+from .nodes import AsyncFetch, Failure, Fetcher, PatchSpec, PlanCursor, PlanTasks, ShuffleBatcher
 from .plan import PlanConfig, make_plan
 from .source import ZarrSource
 from .storage import StorageOptions
@@ -287,13 +287,15 @@ def make_loader(
             zarr.config.set({"async.concurrency": concurrency})
 
     tasks = PlanTasks(cursor)
-    # Coalesced whole-row reads: submitted straight to zarr's event loop, no worker threads. One read
-    # per fetch (chunks >= min_read_bytes) and patches (one zarr call per sample window): `concurrency`
-    # threads.
-    threads = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True, method="thread")
-    fetched: BaseNode[Any] = threads if patch is not None else FetchSwitch(
-        AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=2 * concurrency + 8),
-        threads, cursor)
+    # Whole-row reads (coalesced when chunks are small) are submitted straight to zarr's event loop:
+    # no worker threads. Measured on 2 cores, 4 MiB chunks, 3 repeats x 2 rounds: sequential 0.94-1.0 x
+    # raw against 0.79-0.87 with a thread pool; shuffled 0.70-0.71 against 0.54-0.64. Patches (one zarr
+    # call per sample window) use `concurrency` threads.
+    if patch is not None:
+        fetched: BaseNode[Any] = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True,
+                                                method="thread")
+    else:
+        fetched = AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=2 * concurrency + 8)
     batcher = ShuffleBatcher(fetched, cursor, plan_config, batch_size=batch_size, drop_last=drop_last,
                              return_index=return_index, initial_epoch=initial_epoch, on_epoch=on_epoch)
     node: BaseNode[Any] = batcher

@@ -1,6 +1,6 @@
 """torchdata.nodes building blocks of the loader.
 
-    PlanTasks  --(FetchSwitch: AsyncFetch on zarr's loop | ParallelMapper threads: fetch+decode)-->  ShuffleBatcher
+    PlanTasks  --(AsyncFetch on zarr's loop; ParallelMapper threads in patch mode: fetch+decode)-->  ShuffleBatcher
                --> transform --> [PinMemory] --> Prefetcher
 
 ``ShuffleBatcher`` owns the epoch and the sample position; its state is just ``{epoch, position}``
@@ -134,7 +134,7 @@ class AsyncFetch(BaseNode[Fetched | Failure]):
     thread only waits on the oldest future; fetch and decode run on zarr's loop (and its codec
     threads). Compared with a ParallelMapper of ``in_flight`` threads each calling zarr's blocking API,
     this saves a thread hand-off and a blocked thread per fetch (measured: ~15 % less loader CPU per
-    epoch at 1 MiB chunks, 4 per fetch; no gain at one 4 MiB read per fetch, see FetchSwitch). A read that fails is redone synchronously by the ``Fetcher``, so
+    epoch at 1 MiB chunks, 4 per fetch; also faster at one 4 MiB read per fetch, see make_loader). A read that fails is redone synchronously by the ``Fetcher``, so
     the error names the chunk exactly as before."""
 
     def __init__(self, tasks: BaseNode[ReadGroup], fetcher: Fetcher, in_flight: int,
@@ -195,31 +195,6 @@ class AsyncFetch(BaseNode[Fetched | Failure]):
 
     def get_state(self) -> dict[str, Any]:
         return {"tasks": self.tasks.state_dict()}
-
-
-class FetchSwitch(BaseNode[Any]):
-    """Picks, at every reset (once the group size is known), ``coalesced`` (AsyncFetch) when reads are
-    coalesced (G > 1: small chunks, where per-call thread overhead counts) and ``single`` (a
-    ParallelMapper of threads) for one read per fetch, which measured as fast or faster at >= 4 MiB.
-    Both wrap the same PlanTasks; only the chosen one is reset (and so starts anything)."""
-
-    def __init__(self, coalesced: BaseNode[Any], single: BaseNode[Any], cursor: PlanCursor) -> None:
-        super().__init__()
-        self.coalesced = coalesced
-        self.single = single
-        self.cursor = cursor
-        self._active: BaseNode[Any] = single
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        self._active = self.coalesced if self.cursor.group > 1 else self.single
-        self._active.reset(None)
-
-    def next(self) -> Any:
-        return next(self._active)
-
-    def get_state(self) -> dict[str, Any]:
-        return {}
 
 
 class ShuffleBatcher(BaseNode[Any]):
