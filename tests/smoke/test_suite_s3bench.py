@@ -61,14 +61,15 @@ def test_zarrloader_is_used_when_importable(monkeypatch: pytest.MonkeyPatch) -> 
 
     def run_quick_benchmark(url=None, storage_options=None, **kw):  # type: ignore[no-untyped-def]
         calls.append((url, storage_options))
+        assert kw["reader"] == "loader_sequential"
         return {"raw_mib_per_s": 400.0, "loader_mib_per_s": 360.0 if len(calls) > 1 else 200.0,
-                "ratio": 0.9 if len(calls) > 1 else 0.5, "reader": "loader_shuffled",
+                "ratio": 0.9 if len(calls) > 1 else 0.5, "reader": kw["reader"],
                 "total_bytes": 64 << 20, "chunk_bytes": 4 << 20}
 
     fake.run_quick_benchmark = run_quick_benchmark  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "zarrloader.bench", fake)
     res = s3bench.run_benchmark("s3://b/p", {"anon": True}, embedded=False, threshold=0.7)
-    assert res.reader == "zarrloader (loader_shuffled)" and res.objects == 16
+    assert res.reader == "zarrloader (loader_sequential)" and res.objects == 16
     assert res.ratio == 0.9 and len(calls) == 2 and calls[0] == ("s3://b/p", {"anon": True})  # retried, then passed
     assert "best of 2 runs" in (res.note or "")
     assert s3bench.run_benchmark("s3://b/p", {}, embedded=False).ratio == 0.9  # no threshold: no retry
