@@ -27,6 +27,7 @@ NCCL_SWEEP = [1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB, 256 * MIB]  # n >= 2: bandwi
 NCCL_SINGLE = [1 * MIB, 64 * MIB]                              # n == 1: correctness only
 GLOO_SIZES = [4096, 1 * MIB, 8 * MIB]
 DEFAULT_TIMEOUT_S = 60.0
+TEARDOWN_GRACE_S = 5.0  # after every rank reported its result, how long teardown may take
 
 
 @dataclass
@@ -49,6 +50,7 @@ class AllReduceResult:
     sizes: list[SizeResult] = field(default_factory=list)  # rank 0's view
     errors: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # overrides this run used
+    notes: list[str] = field(default_factory=list)  # not failures (e.g. a rank reaped after reporting)
 
     def summary(self) -> str:
         if self.ok:
@@ -146,10 +148,19 @@ def run_allreduce(
                                               start_new_session=True))
         deadline = t0 + timeout_s
         first_failure: float | None = None
+        all_reported: float | None = None
         while any(p.poll() is None for p in procs):
             now = time.monotonic()
             if any(p.returncode not in (None, 0) for p in procs) and first_failure is None:
                 first_failure = now  # peers of a dead rank usually hang: give them 10 s, not the whole timeout
+            if all_reported is None and all((tmpdir / f"rank{r}.json").is_file() for r in range(world_size)):
+                all_reported = now  # every rank passed the final barrier: only teardown is left
+            if all_reported is not None and now - all_reported > TEARDOWN_GRACE_S:
+                stuck = [r for r, p in enumerate(procs) if p.poll() is None]
+                result.notes.append(f"rank(s) {stuck} reported but did not exit within "
+                                    f"{TEARDOWN_GRACE_S:.0f} s of teardown; killed")
+                _kill(procs)
+                break
             if now >= deadline or (first_failure is not None and now - first_failure > 10):
                 stuck = [r for r, p in enumerate(procs) if p.poll() is None]
                 if now >= deadline:
@@ -252,10 +263,16 @@ def _worker(args: argparse.Namespace) -> int:
             out["sizes"].append(asdict(res))  # type: ignore[union-attr]
             del buf
         barrier()
-        dist.destroy_process_group()
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
-    Path(args.result).write_text(json.dumps(out))
+    # The result is written once every rank passed the final barrier, before teardown: a rank whose
+    # destroy_process_group then stalls (seen with gloo once the rank hosting the TCP store has
+    # exited) has still proven the collective; the launcher reaps it after a short grace period.
+    tmp = Path(args.result + ".tmp")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(args.result)
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
     return 0 if out["error"] is None else 1
 
 
