@@ -59,6 +59,8 @@ class AllReduceResult:
 
     def figures(self) -> dict[str, object]:
         fig: dict[str, object] = {"world_size": self.world_size, "duration_s": round(self.duration_s, 2)}
+        if self.notes:
+            fig["notes"] = "; ".join(self.notes)
         for s in self.sizes:
             if s.busbw_gbps is not None:
                 tag = f"{s.nbytes // MIB}MiB" if s.nbytes >= MIB else f"{s.nbytes}B"
