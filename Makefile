@@ -13,7 +13,9 @@ HOST_TORCH ?= torch==2.13.0
 VARIANT   ?=
 TARGET    ?= data
 OS_IMAGE  ?=
-CA_BUNDLE ?=
+# The host's CA bundle goes into the build as a BuildKit secret (never a layer): behind a
+# TLS-inspecting proxy the build then trusts what the host trusts. `CA_BUNDLE=` turns it off.
+CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 REGISTRY  ?=
 IMAGE     ?= pytorch-cuda:v2.6-cu124
 EXPECT    ?=
