@@ -126,7 +126,7 @@ def translate_error(exc: BaseException, url: str, what: str) -> ZarrLoaderError:
     chain = _chain(exc)
     if any(isinstance(e, PermissionError) for e in chain) or any(
         code in str(e) for e in chain for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
-    ):
+    ) or any(type(e).__name__ == "NoCredentialsError" for e in chain):
         return AccessDeniedError(
             f"access denied while {what} {url}: {exc}. Fix: check the credentials the standard chain finds "
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance/IRSA role; for GCS "

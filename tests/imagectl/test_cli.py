@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from imagectl.matrix import load_matrix
+
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
@@ -33,7 +35,7 @@ def test_variants_table_and_json(repo: Path) -> None:
     assert res.returncode == 0
     assert "cu124 *" in res.stdout and "cu118" in res.stdout and "cu126" in res.stdout
     data = json.loads(run([sys.executable, "-m", "imagectl.cli", "variants", "--json"], repo).stdout)
-    assert data["variants"]["cu126"]["cudnn"] == "9.5.1.17"
+    assert data["variants"]["cu126"]["cudnn"] == load_matrix().variant("cu126").cudnn
     assert data["variants"]["cu124"]["tags"]["data"][-1] == data["image"]["series"]
 
 

@@ -59,7 +59,8 @@ def images(need_docker: None, tmp_path: Path, matrix: Matrix) -> Iterator[GateIm
         imgs.remove()
 
 
-BUILT_IMAGE = "pytorch-cuda:v2.6-cu124"
+_M = load_matrix()
+BUILT_IMAGE = _M.image_refs(_M.variant(), "data")[0]  # the default data image, from the matrix
 
 
 @pytest.fixture(scope="module")

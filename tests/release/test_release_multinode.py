@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-IMAGE = "pytorch-cuda:v2.6-cu124"
+from imagectl.matrix import load_matrix
+
 WORKER_DIR = Path(__file__).resolve().parent / "multinode"
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -96,4 +97,4 @@ def test_two_nodes_agree_on_allreduce(image: str) -> None:
     assert {r["backend"] for r in results} == {"nccl" if use_nccl else "gloo"}
     assert all(r["allreduce_ok"] and r["allreduce_value"] == 3.0 for r in results)
     assert all(r["broadcast_ok"] for r in results)
-    assert {r["torch"].split("+")[0] for r in results} == {"2.6.0"}
+    assert {r["torch"].split("+")[0] for r in results} == {load_matrix().torch["torch"]}

@@ -10,7 +10,6 @@ import pytest
 
 from imagectl.sbom import components, generate_sbom
 
-IMAGE = "pytorch-cuda:v2.6-cu124"
 pytestmark = pytest.mark.docker
 
 

@@ -108,3 +108,14 @@ def test_server_stopped_mid_read_raises_not_hangs(scratch_s3: S3Server) -> None:
     assert not t.is_alive(), "the loader hung after the server stopped"
     assert isinstance(result["error"], StorageUnavailableError), result
     assert "cannot reach storage" in str(result["error"])
+
+
+def test_no_credentials_at_all_names_the_chain_and_anon(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    opts = StorageOptions(endpoint_url="http://127.0.0.1:9", retries=1, connect_timeout=1, read_timeout=1)
+    with pytest.raises(AccessDeniedError, match=r"AWS_PROFILE.*anon=True"):
+        ZarrSource("s3://data/x.zarr", storage_options=opts).open()
