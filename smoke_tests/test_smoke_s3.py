@@ -32,3 +32,39 @@ def test_s3_zarr_read_benchmark(figures: Figures) -> None:
     assert result.ratio >= threshold, (
         f"{result.reader} read {result.reader_mib_per_s:.0f} MiB/s, {result.ratio:.2f} of raw parallel GETs "
         f"({result.raw_mib_per_s:.0f} MiB/s); the floor is {threshold} (set {s3bench.MIN_RATIO_ENV} to change it)")
+
+
+def test_zarrloader_reads_whole_chunks_directly_and_exactly(figures: Figures) -> None:
+    """The loader decodes whole chunks itself through zarr's codec pipeline (zarrloader.chunkread),
+    which leans on zarr internals: with this image's zarr the direct path must be active for simple
+    layouts and return exactly what zarr's own read returns. Catches zarr drifting at a version bump."""
+    for module in ("zarr", "s3fs", "numpy", "zarrloader"):
+        pytest.importorskip(module, reason=f"{module} is not installed (the data stack is not on this host)")
+    import numpy as np
+    import zarr
+    from zarr.storage import FsspecStore
+
+    from zarrloader import ZarrSource, make_loader
+    from zarrloader.s3server import embedded_s3
+
+    rng = np.random.default_rng(0)
+    cases = {  # name: (data, chunks, create_array options)
+        "v3-raw": (rng.random((50, 8, 8), dtype=np.float32), (8, 8, 8), {"compressors": None}),
+        "v3-zstd": (rng.integers(0, 1000, (50, 16), dtype=np.int32), (7, 16), {}),
+        "v2-blosc": (rng.random((30, 4)).astype(">f8"), (4, 4), {"zarr_format": 2}),
+    }
+    with embedded_s3() as server:
+        bucket = server.make_bucket("direct")
+        for name, (data, chunks, kw) in cases.items():
+            url = f"s3://{bucket}/{name}.zarr"
+            store = FsspecStore.from_url(url, storage_options=server.storage_options(), read_only=False)
+            zarr.create_array(store, shape=data.shape, chunks=chunks, dtype=data.dtype, **kw)[:] = data
+            src = ZarrSource(url, storage_options=server.storage_options())
+            assert src.direct_arrays == ("",), f"{name}: zarr {zarr.__version__} no longer fits the direct chunk path"
+            batches = list(make_loader(src, batch_size=5, shuffle=True, seed=1, return_index=True, concurrency=4))
+            got = np.concatenate([b[""].numpy() for b in batches])
+            order = np.argsort(np.concatenate([b["index"].numpy() for b in batches]))
+            np.testing.assert_array_equal(got[order], data, err_msg=f"{name}: direct reads differ from the data written")
+            src.close()
+    figures["zarr"] = zarr.__version__
+    figures["direct_cases"] = sorted(cases)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .source import ZarrSource
-from .storage import Location, StorageOptions, filesystem, parse_url, zarr_store
+from .storage import Location, StorageOptions, close_store, filesystem, parse_url, zarr_store
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -57,13 +57,13 @@ class BenchConfig:
     shuffle_buffer_chunks: int = 8
     naive_max_samples: int = 200
     naive_max_seconds: float = 3.0
-    repeats: int = 3
+    repeats: int = 5
     codec: str | None = None  # None: uncompressed, so the benchmark measures I/O, not a codec
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
         base: dict[str, Any] = {"chunk_sizes": QUICK_CHUNKS, "total_bytes": 64 * MiB, "naive_max_samples": 60,
-                                "naive_max_seconds": 1.0, "repeats": 2}
+                                "naive_max_seconds": 1.0, "repeats": 4}
         base.update(kw)
         return cls(**base)
 
@@ -86,6 +86,7 @@ class BenchResult:
     memory_bound_mib: float | None = None
     extrapolated: bool = False
     note: str = ""
+    runs_mib_per_s: list[float] = field(default_factory=list)  # every repeat, in run order
 
 
 @dataclass
@@ -208,8 +209,12 @@ def _zarr_default(loc: Location, opts: StorageOptions, name: str) -> int:
 
     with zarr.config.set({"async.concurrency": 10}):  # zarr's default, whatever the loader set
         default_pool = StorageOptions(**{**asdict(opts), "max_connections": None, "extra": dict(opts.extra)})
-        arr = zarr.open_array(store=zarr_store(loc, default_pool), path=name or None, mode="r")
-        return int(np.asarray(arr[:]).nbytes)
+        store = zarr_store(loc, default_pool)
+        try:
+            arr = zarr.open_array(store=store, path=name or None, mode="r")
+            return int(np.asarray(arr[:]).nbytes)
+        finally:
+            close_store(store)
 
 
 @dataclass
@@ -400,9 +405,10 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
         "raw": run_raw, "zarr_default": run_default,
         "loader_sequential": run_loader(False), "loader_shuffled": run_loader(True),
     }
-    # Every reader runs `repeats` times, interleaved, best run kept: on a shared machine the noise is
-    # other load, which only ever slows a run down.
-    best: dict[str, tuple[float, int, int, PeakRSS, dict[str, Any]]] = {}
+    # Every reader runs `repeats` times, interleaved, so slow phases of a shared machine hit all
+    # readers alike; each reports its median run (ratios of medians: one lucky or unlucky run of
+    # either side does not move them). All runs are kept in the report.
+    runs: dict[str, list[tuple[float, int, int, PeakRSS, dict[str, Any]]]] = {}
     for _ in range(max(1, cfg.repeats)):
         for reader, fn in runners.items():
             if reader not in cfg.readers:
@@ -413,8 +419,8 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
                 secs = time.perf_counter() - t0
             if reader.startswith("loader"):  # iter() to the end of the epoch: start-up included
                 secs = extra["run"].secs
-            if reader not in best or secs < best[reader][0]:
-                best[reader] = (secs, nbytes, nsamples, rss, extra)
+            runs.setdefault(reader, []).append((secs, nbytes, nsamples, rss, extra))
+    best = {reader: sorted(rs, key=lambda r: r[0])[(len(rs) - 1) // 2] for reader, rs in runs.items()}
     for reader, shuffle in (("loader_sequential", False), ("loader_shuffled", True)):
         if reader in best:  # memory: one more epoch, untimed, under tracemalloc
             best[reader][4]["peak_traced_mib"] = traced_peak(
@@ -428,7 +434,8 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
                 note=f"{n} of {len(src)} samples read, rate extrapolated" if n < len(src) else "")
         elif reader in best:
             secs, nbytes, nsamples, rss, extra = best[reader]
-            extra = {**extra, "note": extra["note"] + f"; best of {max(1, cfg.repeats)}"}
+            all_runs = [r[1] / MiB / max(r[0], 1e-9) for r in runs[reader]]
+            extra = {**extra, "note": extra["note"] + f"; median of {len(all_runs)}", "runs_mib_per_s": all_runs}
             add(reader, nbytes, nsamples, secs, rss, **extra)
     loader_src.close()
     src.close()
@@ -515,7 +522,7 @@ def run_quick_benchmark(url: str | None = None, storage_options: StorageOptions 
 
     Writes a dataset (to an embedded S3 server when ``url`` is None, else under ``url``) and returns
     ``{"raw_mib_per_s", "loader_mib_per_s", "ratio", "reader", "chunk_bytes", "total_bytes", ...}``.
-    Each side runs ``repeats`` times, best kept. Below ~100 MiB the loader's fixed start-up (threads,
+    Each side runs ``repeats`` times, interleaved; the median run counts. Below ~100 MiB the loader's fixed start-up (threads,
     first read) weighs on the ratio; the default of 128 MiB keeps it under a few percent."""
     if reader not in ("loader_shuffled", "loader_sequential"):
         raise ValueError("reader must be loader_shuffled or loader_sequential")

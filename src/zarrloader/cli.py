@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--total", type=_size, help="bytes per dataset (default 256m, quick 64m)")
     b.add_argument("--sample-bytes", type=_size, default=64 * KiB)
     b.add_argument("--readers", nargs="+", help="subset of raw naive zarr_default loader_sequential loader_shuffled")
-    b.add_argument("--repeats", type=int, help="runs per reader, best kept (default 2)")
+    b.add_argument("--repeats", type=int, help="runs per reader, interleaved; the median run is reported (default 5, quick 4)")
     b.add_argument("--codec", choices=["zstd", "blosc"], help="compress the bench data (default: none)")
     b.add_argument("--naive-seconds", type=float, help="time cap of the per-sample reader (default 3, quick 1)")
     b.add_argument("--naive-samples", type=int, help="sample cap of the per-sample reader (default 200, quick 60)")
@@ -134,6 +135,10 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     kw.update(sample_bytes=ns.sample_bytes, codec=ns.codec, url=ns.url,
               storage_options=_options(ns) if ns.url else None)
     cfg = BenchConfig.quick(**kw) if ns.quick else BenchConfig(**kw)
+    if ns.plot_file and importlib.util.find_spec("matplotlib") is None:  # say so before minutes of work
+        raise ValueError("--plot needs matplotlib, which is not installed in this environment. Fix: drop --plot "
+                         "and plot the --json file elsewhere, or install matplotlib (pip install matplotlib; in "
+                         "the image, in a derived image: FROM pytorch-cuda:v2.6 + RUN pip install matplotlib)")
     report = run_benchmark(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"server: {report.server}")
     print(format_table(report))

@@ -58,7 +58,18 @@ class LoaderConfig:
 def _to_tensors(batch: Any) -> Any:
     if isinstance(batch, Failure):
         return batch
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    return {k: torch.from_numpy(_tensorable(v)) for k, v in batch.items()}
+
+
+def _tensorable(v: np.ndarray) -> np.ndarray:
+    """``v`` as torch.from_numpy accepts it without copying when it can: native byte order (torch has
+    no other; big-endian Zarr data is common), C-contiguous, and writable (the batcher never hands
+    over read-only views; the check keeps a tensor from ever aliasing read-only memory)."""
+    if not v.dtype.isnative:
+        return v.astype(v.dtype.newbyteorder("="))
+    if not v.flags.writeable:
+        return v.copy()
+    return np.ascontiguousarray(v)
 
 
 class _PassFailures:

@@ -289,12 +289,16 @@ class ShuffleBatcher(BaseNode[Any]):
     def _contiguous_view(self, pieces: list[tuple[int, np.ndarray]], ctx: list[Any]) -> dict[str, np.ndarray] | None:
         """Unshuffled batches are row ranges of the data read: return views, not copies. Inside one
         read that is a slice; across reads it works when they were fetched together (coalesced reads
-        of adjacent rows come back as one array, split into views) and so lie back to back in memory."""
+        of adjacent rows come back as one array, split into views) and so lie back to back in memory.
+        Read-only reads (chunks decoded in place in the received bytes) are always copied: a tensor
+        must never alias memory it may not write."""
         if len(pieces) != 1:
             return None
         count, take = pieces[0]
         blocks, block_of, row_of, glob = ctx[0]
         b0, b1 = int(block_of[take[0]]), int(block_of[take[-1]])
+        if not all(v.flags.writeable for b in range(min(b0, b1), max(b0, b1) + 1) for v in blocks[b].values()):
+            return None
         rows = row_of[take]
         r0 = int(rows[0])
         if b0 == b1:
@@ -372,7 +376,9 @@ class ShuffleBatcher(BaseNode[Any]):
                     if run:  # consecutive rows (storage order): one memcpy-like slice copy
                         out[k][pos + lo : pos + hi] = arr[r0:r1]
                     else:
-                        np.take(arr, rsel[lo:hi], axis=0, out=out[k][pos + lo : pos + hi])
+                        # mode="clip": the rows are valid by construction, and numpy's default
+                        # mode ("raise") with out= gathers into a temporary first: a second copy
+                        np.take(arr, rsel[lo:hi], axis=0, out=out[k][pos + lo : pos + hi], mode="clip")
             pos += count
         if self.return_index:
             out["index"] = index

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .chunkread import DirectChunkReader
 from .errors import (
     AccessDeniedError,
     ChunkReadError,
@@ -30,7 +31,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrLoaderError,
 )
-from .storage import Location, StorageOptions, filesystem, parse_url, zarr_store
+from .storage import Location, StorageOptions, close_store, filesystem, parse_url, zarr_store
 
 # A block spanning more than this many chunk rows of the most finely chunked array is not worth
 # aligning (lcm of chunk lengths): fall back to the longest chunk length.
@@ -156,6 +157,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _close_live_sources() -> None:
+    # At exit, close the HTTP clients of sources still open while zarr's event loop still runs:
+    # left to garbage collection after the loop stops, every one of them prints aiohttp's
+    # "Unclosed client session" / "Unclosed connector" on the way out.
+    for src in list(_LIVE):
+        with contextlib.suppress(Exception):
+            src.close()
+
+
+_exit_hook: list[bool] = []
+
+
+def _register_exit_hook() -> None:
+    """Once, after zarr is imported: atexit runs hooks last-in first-out, so ours runs before
+    zarr's own, which stops its event loop."""
+    if not _exit_hook:
+        import atexit
+
+        import zarr.core.sync  # noqa: F401  (registers zarr's hook first)
+
+        atexit.register(_close_live_sources)
+        _exit_hook.append(True)
+
+
 class ZarrSource:
     """One Zarr array, or several arrays of a group aligned on axis 0, at ``url``.
 
@@ -179,13 +204,14 @@ class ZarrSource:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._arrays: dict[str, Any] | None = None
+        self._direct: dict[str, DirectChunkReader | None] = {}
         self._infos: tuple[ArrayInfo, ...] | None = None
         _LIVE.add(self)
 
     # -- pickling / fork safety ------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=None, _arrays=None)  # handles never travel; infos are plain data
+        state.update(_lock=None, _pid=None, _arrays=None, _direct={})  # handles never travel; infos are plain data
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -221,16 +247,11 @@ class ZarrSource:
         """Drop the handles and close the HTTP client (reopened on next use)."""
         arrays, pid = self._arrays, self._pid
         self._arrays = None
+        self._direct = {}
         self._pid = None
         if not arrays or pid != os.getpid():
             return
-        fs = getattr(next(iter(arrays.values())).store, "fs", None)
-        client = getattr(fs, "_s3", None)  # s3fs' aiobotocore client, created on zarr's event loop
-        if client is not None:
-            from zarr.core.sync import sync
-
-            with contextlib.suppress(Exception):
-                sync(client.close())
+        close_store(next(iter(arrays.values())).store)
 
     def __enter__(self) -> ZarrSource:
         return self
@@ -244,6 +265,7 @@ class ZarrSource:
         with self._lock:
             if self._arrays is None or self._pid != os.getpid():
                 self._arrays = self._open_arrays()
+                self._direct = {n: DirectChunkReader.for_array(a) for n, a in self._arrays.items()}
                 self._pid = os.getpid()
                 if self._infos is None:
                     self._infos = tuple(self._info(n, a) for n, a in self._arrays.items())
@@ -253,6 +275,7 @@ class ZarrSource:
     def _open_arrays(self) -> dict[str, Any]:
         import zarr
 
+        _register_exit_hook()
         try:
             store = zarr_store(self.location, self.options, read_only=True)
             node = zarr.open(store=store, mode="r")
@@ -332,6 +355,13 @@ class ZarrSource:
         return self._infos
 
     @property
+    def direct_arrays(self) -> tuple[str, ...]:
+        """Arrays the loader reads as whole decoded chunks, bypassing zarr's indexing (see chunkread);
+        the others go through zarr's ``getitem``. Opens metadata if needed."""
+        self._handles()
+        return tuple(n for n, r in self._direct.items() if r is not None)
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.infos)
 
@@ -377,24 +407,43 @@ class ZarrSource:
         return _split_ranges(ranges, merged, data)
 
     def submit_ranges(self, ranges: Sequence[tuple[int, int]]) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
-        """Start ``read_ranges(ranges)`` on zarr's event loop and return its future at once (no thread
-        waits on it until the result is needed), or None when this zarr has no loop to submit to.
-        A failed future carries the raw exception: redo with ``read_ranges`` to get the chunk named."""
+        """Start reading ``ranges`` on zarr's event loop and return its future at once (no thread waits
+        on it until the result is needed), or None when this zarr has no loop to submit to.
+
+        Arrays with a simple layout are read as whole decoded chunks (``chunkread``; results may be
+        read-only views of the received bytes); the others through zarr's ``getitem``, adjacent ranges
+        merged. A failed future carries the raw exception: redo with ``read_ranges``, which goes
+        through zarr and names the chunk."""
         try:
             from zarr.core.sync import _get_loop
         except ImportError:  # pragma: no cover - present in zarr 3.0 to 3.4
             return None
         handles = self._handles()
+        direct = self._direct
         merged = _merge_ranges(ranges)
 
         async def run() -> list[dict[str, np.ndarray]]:
             import asyncio
 
-            coros = [_async_array(arr).getitem(slice(a, b)) for arr in handles.values() for a, b in merged]
-            flat = await asyncio.gather(*coros)
-            n = len(merged)
-            data = {name: [np.asarray(x) for x in flat[i * n : (i + 1) * n]] for i, name in enumerate(handles)}
-            return _split_ranges(ranges, merged, data)
+            jobs: list[tuple[str, DirectChunkReader | None, list[Any]]] = []
+            for name, arr in handles.items():
+                reader = direct.get(name)
+                if reader is not None:
+                    jobs.append((name, reader, [reader.read_many(ranges)]))
+                else:
+                    jobs.append((name, None, [_async_array(arr).getitem(slice(a, b)) for a, b in merged]))
+            flat = await asyncio.gather(*(c for _, _, coros in jobs for c in coros))
+            out: list[dict[str, np.ndarray]] = [{} for _ in ranges]
+            i = 0
+            for name, reader, coros in jobs:
+                got, i = flat[i : i + len(coros)], i + len(coros)
+                if reader is not None:
+                    per_range = got[0]
+                else:
+                    per_range = [d[name] for d in _split_ranges(ranges, merged, {name: [np.asarray(x) for x in got]})]
+                for o, x in zip(out, per_range, strict=True):
+                    o[name] = x
+            return out
 
         import asyncio
 

@@ -9,6 +9,7 @@ Raw fsspec keys (``key``/``secret``/``token``) can still be passed through ``ext
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -216,6 +217,18 @@ def zarr_store(loc: Location, opts: StorageOptions, *, read_only: bool = True) -
     if loc.read_only and not read_only:
         raise InvalidURLError(f"{loc.url} is read-only (http/https): write to s3://, gs:// or a path instead")
     return FsspecStore.from_url(loc.url, storage_options=fsspec_options(loc, opts, asynchronous=True), read_only=read_only)
+
+
+def close_store(store: Any) -> None:
+    """Close the HTTP client behind a zarr store from ``zarr_store`` now, on zarr's event loop where
+    s3fs created it. Left to garbage collection, aiohttp prints "Unclosed client session/connector"."""
+    client = getattr(getattr(store, "fs", None), "_s3", None)  # s3fs' aiobotocore client
+    if client is None:
+        return
+    from zarr.core.sync import sync
+
+    with contextlib.suppress(Exception):
+        sync(client.close())
 
 
 def object_path(loc: Location) -> str:

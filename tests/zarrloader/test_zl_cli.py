@@ -108,7 +108,7 @@ def test_cli_inspect_and_sync(datasets: Datasets, tmp_path: Path, monkeypatch: p
 def test_cli_bench_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A tiny bench run: every reader, JSON contract, plot file. (Ratios are printed, not asserted.)"""
     out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
-    rc = main(["bench", "--chunk-sizes", "256k", "1m", "--total", "4m", "--repeats", "1", "--naive-seconds", "0.3", "--json", str(out_json),
+    rc = main(["bench", "--chunk-sizes", "256k", "1m", "--total", "4m", "--repeats", "3", "--naive-seconds", "0.3", "--json", str(out_json),
                "--plot", str(out_png)])
     assert rc == 0
     doc = json.loads(out_json.read_text())
@@ -119,9 +119,26 @@ def test_cli_bench_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert r["mib_per_s"] > 0 and r["bytes"] > 0
         if r["reader"].startswith("loader"):
             assert r["bytes"] == 4 << 20, "the loader did not deliver every byte"
+        if r["reader"] != "naive":  # every repeat kept; the reported figure is their median
+            runs = sorted(r["runs_mib_per_s"])
+            assert len(runs) == 3 and r["mib_per_s"] == pytest.approx(runs[1], rel=1e-6)
     assert out_png.stat().st_size > 1000
     table = capsys.readouterr().out
     assert "loader_shuffled" in table and "x raw" in table
+
+
+def test_cli_bench_plot_without_matplotlib_fails_before_measuring(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from zarrloader import bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("measured before checking --plot"))
+    assert main(["bench", "--quick", "--plot", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "--json" in err
 
 
 def test_run_quick_benchmark_contract() -> None:

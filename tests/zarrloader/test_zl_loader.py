@@ -253,3 +253,20 @@ def test_source_pickles_without_handles(datasets: Datasets) -> None:
     clone = pickle.loads(pickle.dumps(src))
     assert not clone.is_open
     assert clone.read_rows(3, 5)["labels"].tolist() == labels()[3:5].tolist()
+
+
+def test_a_script_that_used_the_loader_exits_without_unclosed_session_noise(datasets: Datasets) -> None:
+    """Sources still open at exit are closed while zarr's event loop runs; before, every script
+    ended with aiohttp's "Unclosed client session" / "Unclosed connector" on stderr."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom zarrloader import make_loader\n"
+            "ld = make_loader(sys.argv[1], storage_options=json.loads(sys.argv[2]), batch_size=16)\n"
+            "print(sum(len(b['labels']) for b in ld))\n")
+    r = subprocess.run([sys.executable, "-c", code, datasets.url("v3.zarr"), json.dumps(datasets.options)],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == N
+    assert "Unclosed" not in r.stderr and "Traceback" not in r.stderr, r.stderr

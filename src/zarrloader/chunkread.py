@@ -1,0 +1,134 @@
+"""Whole-chunk reads that skip zarr's indexing layer: GET the chunk objects, decode each with the
+array's own codec pipeline, hand back the decoded chunks.
+
+Why: the loader only ever asks for whole chunks along axis 0. zarr's ``getitem`` would allocate an
+output array and copy every decoded chunk into it on zarr's event loop — the one thread that also
+receives every byte from the network. Measured on 2 cores against a loopback S3 server (4 MiB
+chunks, 256 MiB, median of 6): 1.69 ms of client CPU per MiB this way against 2.22 ms through
+``getitem``, and raw GETs alone cost 1.57. The decoded chunk is often a read-only view of the
+received bytes; the batcher copies it into each batch (a copy the loader makes anyway, off the
+event loop), so no tensor ever aliases read-only memory.
+
+Only simple layouts qualify (see ``DirectChunkReader.for_array``); everything else — sharded
+arrays, chunks split along other axes, v2 arrays in Fortran order, object/string dtypes — keeps
+using zarr's own read path. Errors here are never reported as they are: the caller redoes the read
+through zarr, whose error names the chunk (see ``ZarrSource.submit_ranges``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DirectChunkReader:
+    """Reads row ranges of one array as whole decoded chunks (``chunk_len`` rows each)."""
+
+    async_array: Any
+    chunk_shape: tuple[int, ...]
+    nrows: int
+    dtype: np.dtype[Any]
+    fill_value: Any
+    spec: Any  # zarr ArraySpec of a full chunk
+    prototype: Any
+    read_missing: bool
+    stored_dtype: np.dtype[Any] | None  # set when chunks are stored as plain bytes: decode is a view
+
+    @classmethod
+    def for_array(cls, arr: Any) -> DirectChunkReader | None:
+        """A reader for the zarr ``Array`` ``arr``, or None when it must go through zarr's read path."""
+        try:
+            from zarr.core.array_spec import ArraySpec
+            from zarr.core.buffer import default_buffer_prototype
+
+            aa = getattr(arr, "async_array", None) or arr._async_array
+            md = aa.metadata
+            shape, chunks = tuple(arr.shape), tuple(arr.chunks)
+            if not shape or getattr(arr, "shards", None) or chunks[1:] != shape[1:]:
+                return None
+            if md.zarr_format == 2 and getattr(md, "order", "C") != "C":
+                return None
+            # chunks come back in native byte order whatever the stored order (torch has no other)
+            dtype = np.dtype(arr.dtype).newbyteorder("=")
+            if dtype.kind not in "biufc":
+                return None
+            if not (hasattr(aa, "codec_pipeline") and hasattr(aa, "store_path") and hasattr(md, "encode_chunk_key")):
+                return None
+            proto = default_buffer_prototype()
+            spec = ArraySpec(shape=chunks, dtype=md.dtype, fill_value=md.fill_value, config=aa.config, prototype=proto)
+            fill = arr.fill_value if arr.fill_value is not None else 0
+            return cls(aa, chunks, shape[0], dtype, fill, spec, proto,
+                       bool(getattr(aa.config, "read_missing_chunks", True)), _plain_bytes_dtype(md, np.dtype(arr.dtype)))
+        except Exception:  # any API drift in zarr: use its public read path instead
+            return None
+
+    @property
+    def chunk_len(self) -> int:
+        return self.chunk_shape[0]
+
+    async def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Rows ``[a, b)`` for every range: all their chunks fetched at once and decoded in one call.
+        A range inside one chunk comes back as a slice of the decoded chunk (no copy; may be
+        read-only), a range over several chunks as their concatenation."""
+        c = self.chunk_len
+        spans = [(a // c, (b - 1) // c) for a, b in ranges]
+        index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})
+        zeros = (0,) * (len(self.chunk_shape) - 1)
+        aa = self.async_array
+        paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *zeros)) for i in index]
+        bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
+        chunks = dict(zip(index, await self._decode(bufs), strict=True))
+        out = []
+        for (a, b), (lo, hi) in zip(ranges, spans, strict=True):
+            parts = [chunks[i][max(a, i * c) - i * c : min(b, (i + 1) * c, self.nrows) - i * c] for i in range(lo, hi + 1)]
+            out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return out
+
+    async def _decode(self, bufs: Sequence[Any]) -> list[np.ndarray]:
+        if any(b is None for b in bufs) and not self.read_missing:
+            raise KeyError("missing chunk with array.read_missing_chunks=False")  # zarr's path names it
+        want = math.prod(self.chunk_shape)
+        if self.stored_dtype is not None:
+            decoded: list[np.ndarray | None] = []
+            for buf in bufs:
+                if buf is None:
+                    decoded.append(None)
+                    continue
+                raw = buf.as_numpy_array()
+                if raw.nbytes != want * self.stored_dtype.itemsize:
+                    raise ValueError(f"chunk holds {raw.nbytes} bytes, expected {want * self.stored_dtype.itemsize}")
+                decoded.append(raw.view(self.stored_dtype).reshape(self.chunk_shape))
+        else:
+            present = [(b, self.spec) for b in bufs if b is not None]
+            it = iter(await self.async_array.codec_pipeline.decode(present)) if present else iter(())
+            decoded = [None if b is None else np.asarray(next(it).as_numpy_array()) for b in bufs]
+        out = []
+        for chunk in decoded:
+            if chunk is None:
+                out.append(np.full(self.chunk_shape, self.fill_value, dtype=self.dtype))
+                continue
+            if chunk.shape != self.chunk_shape:
+                raise ValueError(f"decoded chunk has shape {chunk.shape}, expected {self.chunk_shape}")
+            # another byte order on disk: one conversion to native, as torch needs anyway
+            out.append(chunk if chunk.dtype == self.dtype else chunk.astype(self.dtype))
+        return out
+
+
+def _plain_bytes_dtype(md: Any, dtype: np.dtype[Any]) -> np.dtype[Any] | None:
+    """The dtype of the stored bytes when a chunk is just its array's bytes (no compressor, no filter,
+    C order): decoding is then a view. None when zarr's codec pipeline has to decode."""
+    if md.zarr_format == 2:
+        return dtype if md.compressor is None and not md.filters else None
+    codecs = tuple(md.codecs)
+    if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+        return None
+    endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+    if endian is None or dtype.itemsize == 1:
+        return dtype
+    return dtype.newbyteorder("<" if endian == "little" else ">")
