@@ -219,16 +219,29 @@ def zarr_store(loc: Location, opts: StorageOptions, *, read_only: bool = True) -
     return FsspecStore.from_url(loc.url, storage_options=fsspec_options(loc, opts, asynchronous=True), read_only=read_only)
 
 
-def close_store(store: Any) -> None:
+def close_store(store: Any, timeout: float = 5.0) -> None:
     """Close the HTTP client behind a zarr store from ``zarr_store`` now, on zarr's event loop where
     s3fs created it. Left to garbage collection, aiohttp prints "Unclosed client session/connector"."""
     client = getattr(getattr(store, "fs", None), "_s3", None)  # s3fs' aiobotocore client
     if client is None:
         return
-    from zarr.core.sync import sync
+    import asyncio
 
+    try:
+        from zarr.core.sync import _get_loop
+
+        loop = _get_loop()
+    except Exception:  # no loop (or another zarr): nothing we can close cleanly
+        return
+    if not loop.is_running():
+        return
+    with contextlib.suppress(RuntimeError):
+        if asyncio.get_running_loop() is loop:  # called on the loop itself: schedule, never wait
+            loop.create_task(client.close())
+            return
+    # bounded: this also runs at interpreter exit, which a stuck connection must not hang
     with contextlib.suppress(Exception):
-        sync(client.close())
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout)
 
 
 def object_path(loc: Location) -> str:
