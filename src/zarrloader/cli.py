@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ZarrLoaderError
-from .storage import StorageOptions
+from .storage import BACKENDS, StorageOptions
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--readers", nargs="+", help="subset of raw naive zarr_default loader_sequential loader_shuffled")
     b.add_argument("--repeats", type=int, help="runs per reader, interleaved; the median run is reported (default 5, quick 4)")
     b.add_argument("--codec", choices=["zstd", "blosc"], help="compress the bench data (default: none)")
+    b.add_argument("--backend", choices=list(BACKENDS), default="fsspec",
+                   help="storage stack of raw, zarr_default and the loaders (default fsspec; obstore: s3:// only)")
     b.add_argument("--naive-seconds", type=float, help="time cap of the per-sample reader (default 3, quick 1)")
     b.add_argument("--naive-samples", type=int, help="sample cap of the per-sample reader (default 200, quick 60)")
     b.add_argument("--json", dest="json_file", help="write results as JSON to this file")
@@ -132,7 +134,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         kw["naive_max_seconds"] = ns.naive_seconds
     if ns.naive_samples is not None:
         kw["naive_max_samples"] = ns.naive_samples
-    kw.update(sample_bytes=ns.sample_bytes, codec=ns.codec, url=ns.url,
+    kw.update(sample_bytes=ns.sample_bytes, codec=ns.codec, url=ns.url, backend=ns.backend,
               storage_options=_options(ns) if ns.url else None)
     cfg = BenchConfig.quick(**kw) if ns.quick else BenchConfig(**kw)
     if ns.plot_file and importlib.util.find_spec("matplotlib") is None:  # say so before minutes of work

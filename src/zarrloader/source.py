@@ -114,8 +114,13 @@ def is_connection_error(exc: BaseException) -> bool:
     names = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
              "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError",
              "HTTPClientError", "ConnectTimeout", "TimeoutError"}
+    # obstore (Rust) reports transport failures as GenericError with the cause in the message
+    transport = ("error sending request", "connection refused", "connection reset", "connection closed",
+                 "operation timed out", "timed out")
     for e in _chain(exc):
         if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in names:
+            return True
+        if type(e).__name__ == "GenericError" and any(t in str(e).lower() for t in transport):
             return True
     return False
 
@@ -526,6 +531,11 @@ class ZarrSource:
         where = f"reading {name or 'array'}[{_fmt_sel(sel)}] of"
         if is_connection_error(exc) or any(isinstance(e, (PermissionError, FileNotFoundError)) for e in _chain(exc)):
             return translate_error(exc, self.url, where)
+        if any("non-partial response" in str(e) for e in _chain(exc)):  # obstore: the data is fine
+            return StorageUnavailableError(
+                f"the server ignored a range request while {where} {self.url} (sharded arrays read shard "
+                "indexes and inner chunks with ranged GETs, which this S3-compatible server answers with the whole "
+                "object). Fix: use the default backend (StorageOptions(backend='fsspec')) for this server")
         bad = self._find_bad_chunk(arr, sel)
         if bad is None:
             return ChunkReadError(f"failed {where} {self.url}: {type(exc).__name__}: {exc}")
