@@ -60,12 +60,13 @@ class BenchConfig:
     naive_max_seconds: float = 3.0
     repeats: int = 5
     codec: str | None = None  # None: uncompressed, so the benchmark measures I/O, not a codec
-    backend: str = "fsspec"  # storage backend of raw, zarr_default and the loaders (naive is the article's fsspec)
+    backend: str | None = None  # storage backend of raw, zarr_default and the loaders (naive is the article's
+    # fsspec); None: the one storage_options name (fsspec by default), for the embedded server fsspec
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
         base: dict[str, Any] = {"chunk_sizes": QUICK_CHUNKS, "total_bytes": 64 * MiB, "naive_max_samples": 60,
-                                "naive_max_seconds": 1.0, "repeats": 4}
+                                "naive_max_seconds": 1.0, "repeats": 5}
         base.update(kw)
         return cls(**base)
 
@@ -316,12 +317,14 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
     names = {c: f"bench-{c // KiB}k.zarr" for c in cfg.chunk_sizes}
     if cfg.url is not None:
         loc = parse_url(cfg.url)
-        opts = dataclasses.replace(StorageOptions.coerce(cfg.storage_options), backend=cfg.backend)
+        opts = StorageOptions.coerce(cfg.storage_options)
+        if cfg.backend is not None:
+            opts = dataclasses.replace(opts, backend=cfg.backend)
         for c, name in names.items():
             store = zarr_store(loc.child(name), opts, read_only=False)
             if not _matches(store, c, cfg):
                 write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
-        yield loc.url, opts, cfg.url
+        yield loc.url, opts, f"{cfg.url} ({opts.backend} backend)"
         return
     from zarr.storage import LocalStore
 
@@ -331,8 +334,8 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         for c, name in names.items():  # written before the server starts: rclone caches listings
             write_dataset(LocalStore(str(Path(root) / "bench" / name)), c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
         with embedded_s3(root) as server:
-            opts = StorageOptions(extra=server.storage_options(), backend=cfg.backend)
-            yield "s3://bench", opts, f"embedded rclone serve s3 at {server.endpoint_url} ({cfg.backend} backend)"
+            opts = StorageOptions(extra=server.storage_options(), backend=cfg.backend or "fsspec")
+            yield "s3://bench", opts, f"embedded rclone serve s3 at {server.endpoint_url} ({opts.backend} backend)"
 
 
 def _matches(store: Any, chunk_bytes: int, cfg: BenchConfig) -> bool:
@@ -446,7 +449,8 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
             if reader.startswith("loader"):  # iter() to the end of the epoch: start-up included
                 secs = extra["run"].secs
             runs.setdefault(reader, []).append((secs, nbytes, nsamples, rss, extra))
-    best = {reader: sorted(rs, key=lambda r: r[0])[(len(rs) - 1) // 2] for reader, rs in runs.items()}
+    # the median run; for an even count the slower of the two middle ones (the same rule for every reader)
+    best = {reader: sorted(rs, key=lambda r: r[0])[len(rs) // 2] for reader, rs in runs.items()}
     for reader, shuffle in (("loader_sequential", False), ("loader_shuffled", True)):
         if reader in best:  # memory: one more epoch, untimed, under tracemalloc
             best[reader][4]["peak_traced_mib"] = traced_peak(

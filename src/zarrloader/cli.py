@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--total", type=_size, help="bytes per dataset (default 256m, quick 64m)")
     b.add_argument("--sample-bytes", type=_size, default=64 * KiB)
     b.add_argument("--readers", nargs="+", help="subset of raw naive zarr_default loader_sequential loader_shuffled")
-    b.add_argument("--repeats", type=int, help="runs per reader, interleaved; the median run is reported (default 5, quick 4)")
+    b.add_argument("--repeats", type=int, help="runs per reader, interleaved; the median run is reported (default 5)")
     b.add_argument("--codec", choices=["zstd", "blosc"], help="compress the bench data (default: none)")
-    b.add_argument("--backend", choices=list(BACKENDS), default="fsspec",
+    b.add_argument("--backend", choices=list(BACKENDS),
                    help="storage stack of raw, zarr_default and the loaders (default fsspec; obstore: s3:// only)")
     b.add_argument("--naive-seconds", type=float, help="time cap of the per-sample reader (default 3, quick 1)")
     b.add_argument("--naive-samples", type=int, help="sample cap of the per-sample reader (default 200, quick 60)")

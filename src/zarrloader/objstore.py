@@ -40,13 +40,21 @@ def obstore_config(loc: Location, opts: StorageOptions) -> dict[str, Any]:
             "or IRSA role, or use the default backend")
     extra = dict(opts.extra)
     client_kwargs = dict(extra.pop("client_kwargs", {}) or {})
-    extra.pop("config_kwargs", None)  # botocore settings: meaningless to obstore
+    config_kwargs = dict(extra.pop("config_kwargs", {}) or {})
+    # botocore settings with an obstore counterpart set from the StorageOptions fields, or none needed
+    ignored = {"response_checksum_validation", "request_checksum_calculation", "connect_timeout", "read_timeout",
+               "retries", "max_pool_connections"}
+    unknown = sorted(set(client_kwargs) - {"endpoint_url", "region_name"}) + sorted(set(config_kwargs) - ignored)
+    if unknown:
+        raise BackendOptionError(f"backend='obstore' cannot honour client/config options {unknown}. Fix: drop "
+                                 "them, or use the default backend for botocore settings")
     bucket, _, prefix = loc.path.partition("/")
     config: dict[str, Any] = {}
-    endpoint = opts.endpoint_url or client_kwargs.get("endpoint_url")
+    # raw options win over the fields, as in fsspec_options
+    endpoint = client_kwargs.get("endpoint_url") or opts.endpoint_url
     if endpoint:
         config["endpoint"] = endpoint
-    region = opts.region or client_kwargs.get("region_name")
+    region = client_kwargs.get("region_name") or opts.region
     if region:
         config["region"] = region
     if opts.anon or extra.pop("anon", False):

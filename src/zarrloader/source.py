@@ -237,7 +237,7 @@ class ZarrSource:
         if self._user_pool or (self.options.max_connections or 0) >= n:
             return
         self.options = dataclasses.replace(self.options, max_connections=max(10, n))
-        self._arrays = None
+        self.close()  # reopens lazily with the larger pool; closing frees the old client now
 
     def with_options(self, options: StorageOptions) -> ZarrSource:
         """A new, unopened source on the same data with other storage options."""
@@ -532,10 +532,11 @@ class ZarrSource:
         if is_connection_error(exc) or any(isinstance(e, (PermissionError, FileNotFoundError)) for e in _chain(exc)):
             return translate_error(exc, self.url, where)
         if any("non-partial response" in str(e) for e in _chain(exc)):  # obstore: the data is fine
+            why = (" (sharded arrays read shard indexes and inner chunks with ranged GETs)"
+                   if getattr(arr, "shards", None) else "")
             return StorageUnavailableError(
-                f"the server ignored a range request while {where} {self.url} (sharded arrays read shard "
-                "indexes and inner chunks with ranged GETs, which this S3-compatible server answers with the whole "
-                "object). Fix: use the default backend (StorageOptions(backend='fsspec')) for this server")
+                f"the server answered a range request with the whole object while {where} {self.url}{why}. "
+                "Fix: use the default backend (StorageOptions(backend='fsspec')) for this server")
         bad = self._find_bad_chunk(arr, sel)
         if bad is None:
             return ChunkReadError(f"failed {where} {self.url}: {type(exc).__name__}: {exc}")

@@ -40,7 +40,9 @@ class StorageOptions:
     connect_timeout, read_timeout: seconds; bound every request so a dead server cannot hang a read.
     extra: raw fsspec options merged last (e.g. ``key``/``secret`` for a test server, ``token`` for GCS).
     backend: "fsspec" (s3fs/gcsfs/aiohttp; every scheme) or "obstore" (zarr's ObjectStore on obstore's
-        Rust client; s3:// only, opt-in; far less CPU per request, see ``objstore``).
+        Rust client; s3:// only, opt-in; far less CPU per request, see ``objstore``). Under obstore,
+        ``read_timeout`` bounds a whole request (connect to last byte), not each socket read, and
+        ``max_connections`` is not used: requests in flight are bounded by the loader's fetch limit.
     """
 
     anon: bool = False

@@ -42,7 +42,7 @@ def test_sharded_reads_on_a_server_without_range_support_say_so(datasets: Datase
     """rclone answers obstore's suffix-range GETs (shard indexes) with the whole object: a clear error
     pointing at the fsspec backend, not a 'corrupt chunk'. (AWS S3 honours them.)"""
     src = ZarrSource(datasets.url("sharded.zarr"), storage_options=_opts(datasets.server))
-    with pytest.raises(StorageUnavailableError, match=r"ignored a range request.*backend='fsspec'"):
+    with pytest.raises(StorageUnavailableError, match=r"range request with the whole object.*sharded.*backend='fsspec'"):
         list(make_loader(src, batch_size=32, concurrency=2))
 
 
@@ -117,3 +117,23 @@ def test_a_forked_child_after_the_parent_used_obstore_fails_fast_not_hangs(datas
             p.kill()
     assert kind == "BackendOptionError", detail
     assert "spawn" in detail and "backend='fsspec'" in detail
+
+
+def test_raw_options_win_and_unmapped_botocore_options_are_refused() -> None:
+    opts = StorageOptions(endpoint_url="http://a:1", region="r1", backend="obstore",
+                          extra={"client_kwargs": {"endpoint_url": "http://b:2", "region_name": "r2"},
+                                 "config_kwargs": {"response_checksum_validation": "when_required"}})
+    assert obstore_config(parse_url("s3://b/x"), opts)["config"] == {"endpoint": "http://b:2", "region": "r2"}
+    unsigned = StorageOptions(backend="obstore", extra={"config_kwargs": {"signature_version": "UNSIGNED"}})
+    with pytest.raises(BackendOptionError, match="signature_version"):
+        obstore_config(parse_url("s3://b/x"), unsigned)
+
+
+def test_bench_keeps_the_backend_of_the_options_it_is_given(datasets: Datasets) -> None:
+    from zarrloader.bench import BenchConfig, run_benchmark
+
+    cfg = BenchConfig(url=f"s3://{BUCKET}/benchdir", storage_options=_opts(datasets.server), chunk_sizes=(1 << 20,),
+                      total_bytes=2 << 20, readers=("raw", "loader_sequential"), repeats=1)
+    report = run_benchmark(cfg)
+    assert {r.reader for r in report.results} == {"raw", "loader_sequential"}
+    assert report.server.endswith("(obstore backend)"), report.server
