@@ -21,9 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagectl.matrix import REPO_ROOT
+from imagectl.matrix import REPO_ROOT, load_matrix
 
-CYCLONEDX_BOM = "cyclonedx-bom==7.5.0"
 TOOL_CACHE = REPO_ROOT / "build" / "sbom-tool"
 _IN_IMAGE = "/opt/imagectl-sbom-tool"
 # The launcher: tool on sys.path for this process only; the inspected interpreter is a child.
@@ -96,18 +95,19 @@ def debian_sbom(image: str, out: Path, docker: str = "docker") -> Path | None:
 
 def tool_dir(python_version: str) -> Path:
     """cyclonedx-bom installed for the image's Python (pure wheels + one compiled), cached by version."""
-    target = TOOL_CACHE / f"py{python_version}"
+    requirement = f"cyclonedx-bom=={load_matrix().build_tools['cyclonedx-bom']}"  # pinned in images/matrix.toml
+    target = TOOL_CACHE / f"py{python_version}-{requirement.replace('==', '-')}"
     if (target / "cyclonedx_py").is_dir():
         target.chmod(0o755)
         return target
     tmp = Path(tempfile.mkdtemp(prefix="sbom-tool-", dir=TOOL_CACHE.parent if TOOL_CACHE.parent.is_dir() else None))
     res = _run([sys.executable, "-m", "pip", "install", "-q", "--no-warn-conflicts", "--disable-pip-version-check",
                 "--target", str(tmp), "--only-binary=:all:", "--implementation", "cp", "--python-version",
-                python_version, "--platform", "manylinux2014_x86_64", "--platform", "any", CYCLONEDX_BOM],
+                python_version, "--platform", "manylinux2014_x86_64", "--platform", "any", requirement],
                timeout=600)
     if res.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SbomError(f"cannot install {CYCLONEDX_BOM} for Python {python_version}: {res.stderr.strip()[-800:]}")
+        raise SbomError(f"cannot install {requirement} for Python {python_version}: {res.stderr.strip()[-800:]}")
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the image's non-root user must read it
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)

@@ -18,8 +18,6 @@ from zarrloader.objstore import BackendOptionError, obstore_config
 from zarrloader.s3server import S3Server
 from zarrloader.storage import parse_url
 
-pytest.importorskip("obstore")
-
 
 def _opts(server: S3Server, **kw: object) -> StorageOptions:
     return StorageOptions(extra=server.storage_options(), backend="obstore", **kw)
