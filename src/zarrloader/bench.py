@@ -391,7 +391,7 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
                                peak_rss_mib=rss.peak / MiB, **kw))
         say(f"  {reader:18s} {out[-1].mib_per_s:8.1f} MiB/s")
 
-    from .loader import make_loader
+    from .loader import LoaderConfig, make_loader, read_grouping
 
     batch = max(1, cfg.batch_bytes // max(sample, 1))
     bounds = {shuffle: make_loader(src, batch_size=batch, concurrency=conc, shuffle=shuffle, pin_memory=False,
@@ -400,7 +400,8 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
     # The limit gets as many requests in flight as the loader can have: `conc` fetches of G coalesced
     # chunk reads each, capped by its connection pool. Same request budget, so a ratio measures the
     # loader's overhead, not a difference in parallelism.
-    group = max(1, min(cfg.shuffle_buffer_chunks, (4 << 20) // max(1, src.block_length * sample)))
+    group, _ = read_grouping(LoaderConfig(batch_size=batch, shuffle_buffer_chunks=cfg.shuffle_buffer_chunks),
+                             src.block_length * sample)
     raw_in_flight = min(2 * conc + 8, conc * group)
     get_all = _raw_get(loc, opts, keys, raw_in_flight) if "raw" in cfg.readers else None
 

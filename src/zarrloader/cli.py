@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import ZarrLoaderError
@@ -141,6 +143,9 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         raise ValueError("--plot needs matplotlib, which is not installed in this environment. Fix: drop --plot "
                          "and plot the --json file elsewhere, or install matplotlib (pip install matplotlib; in "
                          "the image, in a derived image: FROM pytorch-cuda:v2.6 + RUN pip install matplotlib)")
+    for flag, path in (("--json", ns.json_file), ("--plot", ns.plot_file)):
+        if path:
+            _check_writable(flag, path)
     report = run_benchmark(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"server: {report.server}")
     print(format_table(report))
@@ -149,6 +154,20 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     if ns.plot_file:
         plot(report, ns.plot_file)
     return 0
+
+
+def _check_writable(flag: str, path: str) -> None:
+    """Fail before minutes of measuring when the result could not be written."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: folder {folder} does not exist. Fix: create it, or name a file in an existing folder")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise ValueError(
+            f"{flag} {path}: permission denied for uid {os.getuid()}. Fix: name a file in a folder this user can "
+            f"write (in the image, which runs as uid 1000: docker run --user $(id -u) -v $PWD:/out ..., or make "
+            f"the mounted folder writable for uid 1000)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,6 +55,23 @@ class LoaderConfig:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
 
 
+def read_grouping(config: LoaderConfig, read_bytes: int) -> tuple[int, int]:
+    """(reads per fetch, reads per buffer) for whole-row reads of ``read_bytes`` each.
+
+    Reads of small chunks are coalesced into fetches of ~``min_read_bytes``: below ~1 MB, per-call
+    overhead, not the network, would set the pace. A fetch never crosses a buffer, so when shuffling
+    it is capped at ``shuffle_buffer_chunks``. In storage order nothing is mixed, and the buffer is
+    exactly one fetch: batches can then be views of a fetch's memory (see chunkread), and the first
+    batch waits for one fetch, not ``shuffle_buffer_chunks`` chunks."""
+    group = max(1, config.min_read_bytes // max(1, read_bytes))
+    if config.patch is not None:
+        group = 1
+    if config.shuffle:
+        group = min(group, config.shuffle_buffer_chunks)
+        return group, config.shuffle_buffer_chunks
+    return group, group
+
+
 def _to_tensors(batch: Any) -> Any:
     if isinstance(batch, Failure):
         return batch
@@ -156,13 +173,13 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
         else:
             sample = self._patch_sample_nbytes()
             read_bytes = src.block_length * sample
-        # a batch is a copy (shuffled) or a view that keeps its whole read alive (storage order)
-        per_batch = max(c.batch_size * sample, read_bytes) if not c.shuffle else c.batch_size * sample
+        group, buffered = read_grouping(c, read_bytes)
+        # a batch is a copy (shuffled) or a view that keeps its whole fetch alive (storage order)
+        per_batch = max(c.batch_size * sample, group * read_bytes) if not c.shuffle else c.batch_size * sample
         batches = (c.prefetch + 3 + (1 if c.pin_memory else 0)) * per_batch
-        group = 1 if c.patch is not None else max(1, min(c.shuffle_buffer_chunks, c.min_read_bytes // max(1, read_bytes)))
         # up to 2*concurrency fetches queued or running; the `concurrency` running ones may hold their
         # bytes twice more while they arrive (HTTP body parts, then the joined object) and decode
-        return (c.shuffle_buffer_chunks + 4 * c.concurrency * group) * read_bytes + batches
+        return (buffered + 4 * c.concurrency * group) * read_bytes + batches
 
     def _patch_sample_nbytes(self) -> int:
         assert self.config.patch is not None
@@ -240,7 +257,7 @@ def make_loader(
     transform: called on every batch of tensors; sample_transform: on every sample (numpy dict)
         before collation (slower: per-sample Python).
     pin_memory: None = pin when CUDA is available.
-    min_read_bytes: reads of smaller chunks are coalesced (up to shuffle_buffer_chunks per call).
+    min_read_bytes: reads of smaller chunks are coalesced (shuffled: up to shuffle_buffer_chunks per call).
     """
     if isinstance(source, ZarrSource):
         if arrays is not None or storage_options is not None:
@@ -279,14 +296,10 @@ def make_loader(
             if not cached:
                 if patch is not None:
                     fetcher.extents = _patch_extents(source, patch)
-                else:
-                    # Coalesce reads of small chunks into one zarr call of ~min_read_bytes: below ~1 MB
-                    # per-call overhead, not the network, would set the pace.
-                    read_bytes = max(1, source.block_length * source.sample_nbytes)
-                    cursor.group = max(1, min(shuffle_buffer_chunks, min_read_bytes // read_bytes))
+                cursor.group, buffered = read_grouping(config, source.block_length * source.sample_nbytes)
                 cached.append(PlanConfig(
                     num_samples=len(source), block_length=source.block_length, shuffle=shuffle, seed=seed,
-                    rank=rank, world_size=world_size, buffer_blocks=shuffle_buffer_chunks,
+                    rank=rank, world_size=world_size, buffer_blocks=buffered,
                 ))
             return cached[0]
 

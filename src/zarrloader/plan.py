@@ -8,8 +8,8 @@ be recomputed at any time, which is what makes resume exact and order reproducib
 2. The shuffled blocks are concatenated into one sequence of N sample positions; rank r takes the
    contiguous span [N*r//W, N*(r+1)//W). Every sample lands on exactly one rank, ranks differ by at
    most one sample, and each rank reads at most two partial blocks.
-3. A rank's reads are grouped into buffers of K reads (the first buffers of an epoch ramp up as
-   1, 2, 4, ... reads, so the first batch only waits for one read); samples are permuted inside each
+3. A rank's reads are grouped into buffers of K reads (when shuffling, the first buffers of an epoch
+   ramp up as 1, 2, 4, ... reads, so the first batch only waits for one read); samples are permuted inside each
    buffer from (seed, epoch, rank, world_size, buffer). K trades randomness against memory: a sample
    can only be mixed with the ~K*block_length samples that share its buffer.
 """
@@ -69,10 +69,12 @@ class EpochPlan:
 
     @cached_property
     def buffer_task_starts(self) -> tuple[int, ...]:
-        """Index of the first task of every buffer, plus a final sentinel. Buffers ramp up 1, 2, 4, ...
-        reads to K so the first batch waits for one read, not K (time to first batch)."""
+        """Index of the first task of every buffer, plus a final sentinel. When shuffling, buffers ramp
+        up 1, 2, 4, ... reads to K so the first batch waits for one read, not K (time to first batch).
+        In storage order every buffer is K reads (there K is one fetch; see loader.read_grouping), so
+        buffers, fetches and batches keep the same alignment and batches can be views of a fetch."""
         k = self.config.buffer_blocks
-        starts, pos, size = [], 0, 1
+        starts, pos, size = [], 0, 1 if self.config.shuffle else k
         while pos < len(self.tasks):
             starts.append(pos)
             pos += size

@@ -367,6 +367,14 @@ class ZarrSource:
         return tuple(n for n, r in self._direct.items() if r is not None)
 
     @property
+    def received_arrays(self) -> tuple[str, ...]:
+        """Of ``direct_arrays``, those whose chunks are received straight into the loader's own
+        writable memory (plain chunks on S3 via s3fs or on local disk, see receive): their
+        storage-order batches can be views. Opens metadata if needed."""
+        self._handles()
+        return tuple(n for n, r in self._direct.items() if r is not None and r.receiver is not None)
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.infos)
 
@@ -416,7 +424,8 @@ class ZarrSource:
         on it until the result is needed), or None when this zarr has no loop to submit to.
 
         Arrays with a simple layout are read as whole decoded chunks (``chunkread``; results may be
-        read-only views of the received bytes); the others through zarr's ``getitem``, adjacent ranges
+        read-only views of the received bytes, or writable views of one buffer per call where the
+        chunks are received into memory we own, see ``receive``); the others through zarr's ``getitem``, adjacent ranges
         merged. A failed future carries the raw exception: redo with ``read_ranges``, which goes
         through zarr and names the chunk."""
         try:

@@ -33,7 +33,7 @@ def _write(server: S3Server, name: str, data: np.ndarray, chunks: tuple[int, ...
 def _epoch(url: str, server: S3Server, shuffle: bool, batch_size: int = 7) -> np.ndarray:
     src = ZarrSource(url, storage_options=server.storage_options())
     ld = make_loader(src, batch_size=batch_size, shuffle=shuffle, return_index=True, concurrency=4, seed=3,
-                     min_read_bytes=64)  # small reads coalesced: several chunks per fetch
+                     min_read_bytes=2000)  # small reads coalesced: several chunks (and a partial last one) per fetch
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns when a tensor is built on read-only memory
         batches = list(ld)
@@ -100,3 +100,81 @@ def test_direct_reads_of_a_corrupt_chunk_still_name_it(scratch_s3: S3Server) -> 
     src = ZarrSource(url, storage_options=scratch_s3.storage_options())
     with pytest.raises(Exception, match=r"c/2/0"):
         list(make_loader(src, batch_size=4, shuffle=False, concurrency=2))
+
+
+# -- received straight into memory we own (zarrloader.receive) --------------------------------------
+def test_storage_order_batches_are_views_of_one_fetch(scratch_s3: S3Server) -> None:
+    """Plain chunks are received into one writable buffer per fetch, chunks back to back: storage-order
+    batches inside a fetch are views of it (no copy), writable, and independent of each other."""
+    import torch
+
+    data = rng.random((64, 16, 16), dtype=np.float32)  # chunks of 8 rows = 8 KiB
+    url = _write(scratch_s3, "views.zarr", data, (8, 16, 16), compressors=None)
+    src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+    assert src.received_arrays == ("",)
+    ld = make_loader(src, batch_size=16, shuffle=False, concurrency=2, min_read_bytes=4 * 8 * 16 * 16 * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = [b[""] for b in ld]
+    assert [len(b) for b in batches] == [16, 16, 16, 16]
+    # back to back in memory: views of one buffer (separate allocations never touch: malloc headers)
+    adjacent = [batches[i + 1].data_ptr() == batches[i].data_ptr() + batches[i].nbytes for i in range(3)]
+    assert adjacent == [True, False, True], "batches of one fetch (4 chunks) should be views of its buffer"
+    batches[0].mul_(0)  # writable, and only its own rows
+    np.testing.assert_array_equal(torch.cat(batches[1:]).numpy(), data[16:])
+    assert (batches[0] == 0).all()
+
+
+def test_receivers_exist_only_for_stores_whose_read_path_is_known(scratch_s3: S3Server, tmp_path) -> None:
+    from zarr.storage import LocalStore, MemoryStore
+
+    from zarrloader.receive import receiver_for
+
+    assert receiver_for(_store(scratch_s3, "x.zarr")) is not None
+    assert receiver_for(LocalStore(str(tmp_path))) is not None
+    assert receiver_for(MemoryStore()) is None
+    assert receiver_for(FsspecStore.from_url("http://127.0.0.1:9/x.zarr")) is None
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter"])
+def test_received_chunk_of_the_wrong_size_is_named(scratch_s3: S3Server, change: str) -> None:
+    data = rng.random((24, 4), dtype=np.float32)
+    url = _write(scratch_s3, f"size-{change}.zarr", data, (6, 4), compressors=None)
+    fs = fsspec.filesystem("s3", **scratch_s3.storage_options())
+    key = f"{BUCKET}/size-{change}.zarr/c/2/0"
+    body = fs.cat_file(key)
+    fs.pipe_file(key, body + b"\0" * 8 if change == "longer" else body[:-8])
+    src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+    with pytest.raises(Exception, match=r"c/2/0"):
+        list(make_loader(src, batch_size=4, shuffle=False, concurrency=2))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_local_files_are_received_too(tmp_path, shuffle: bool) -> None:
+    data = rng.random((40, 3, 3), dtype=np.float32)
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(6, 3, 3), dtype=data.dtype,
+                          compressors=None, fill_value=2.0)
+    z[6:] = data[6:]  # chunk 0 missing: fill value
+    expected = z[:]
+    src = ZarrSource(str(tmp_path / "a.zarr"))
+    assert src.direct_arrays == src.received_arrays == ("",)
+    ld = make_loader(src, batch_size=5, shuffle=shuffle, return_index=True, concurrency=3, min_read_bytes=900)
+    batches = list(ld)
+    got = np.concatenate([b[""].numpy() for b in batches])[np.argsort(np.concatenate([b["index"].numpy() for b in batches]))]
+    np.testing.assert_array_equal(got, expected)
+    (tmp_path / "a.zarr" / "c" / "3" / "0" / "0").write_bytes(b"short")
+    with pytest.raises(Exception, match=r"c/3/0/0"):
+        list(make_loader(ZarrSource(str(tmp_path / "a.zarr")), batch_size=5, shuffle=shuffle, concurrency=3))
+
+
+def test_missing_chunks_refused_when_zarr_says_so(scratch_s3: S3Server) -> None:
+    from zarr.core.array_spec import ArrayConfig
+
+    if "read_missing_chunks" not in ArrayConfig.__dataclass_fields__:
+        pytest.skip("this zarr has no read_missing_chunks setting (added in zarr 3.2)")
+    data = rng.random((24, 4), dtype=np.float32)
+    url = _write(scratch_s3, "nomissing.zarr", data, (6, 4), compressors=None, skip_chunks=1)
+    with zarr.config.set({"array.read_missing_chunks": False}):
+        src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+        with pytest.raises(Exception, match=r"c/0/0|missing"):
+            list(make_loader(src, batch_size=4, shuffle=False, concurrency=2))

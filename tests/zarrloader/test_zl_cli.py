@@ -150,3 +150,28 @@ def test_run_quick_benchmark_contract() -> None:
     assert r["reader"] == "loader_shuffled" and r["chunk_bytes"] == 1 << 20 and r["total_bytes"] == 4 << 20
     assert r["ratio"] == pytest.approx(r["loader_mib_per_s"] / r["raw_mib_per_s"])
     assert r["server"].startswith("embedded rclone serve s3")
+
+
+def test_cli_bench_unwritable_outputs_fail_before_measuring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--json/--plot into a folder that is missing or not writable: a clear error at once, not a
+    traceback after minutes of measuring (the image runs as uid 1000; mounted folders often are not)."""
+    import os
+    import subprocess
+    import sys
+
+    from zarrloader import bench
+
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("measured before checking outputs"))
+    assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # root may write anywhere: without its permission-override capabilities, the mode bits hold for it
+    # too (the permission is real, not mocked)
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    code = ("import sys; from zarrloader import bench, cli; bench.run_benchmark = lambda *a, **k: sys.exit(99); "
+            f"sys.exit(cli.main(['bench', '--quick', '--json', {str(locked / 'r.json')!r}]))")
+    r = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "permission denied" in r.stderr and "Fix:" in r.stderr

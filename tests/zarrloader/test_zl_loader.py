@@ -168,14 +168,17 @@ def mem_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.mark.parametrize(("chunk_rows", "shuffle"), [(4, True), (16, True), (16, False)])
-def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool) -> None:
+@pytest.mark.parametrize(("chunk_rows", "shuffle", "min_read"),
+                         [(4, True, 4 << 20), (16, True, 4 << 20), (16, False, 1 << 20), (4, False, 1 << 20)])
+def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool, min_read: int) -> None:
     """The peak of what an epoch allocates (numpy buffers and Python objects, via tracemalloc) stays
-    under memory_bound_bytes(), which is itself well under the 16 MiB of data."""
+    under memory_bound_bytes(), which is itself well under the 16 MiB of data. (Storage order with
+    256 KiB chunks: 4 chunks received per fetch into one buffer, batches are views of it.)"""
     from zarrloader.bench import traced_peak
 
     ld = make_loader(ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=mem_server.storage_options()),
-                     batch_size=16, shuffle=shuffle, concurrency=2, shuffle_buffer_chunks=1, pin_memory=False)
+                     batch_size=16, shuffle=shuffle, concurrency=2, shuffle_buffer_chunks=1, pin_memory=False,
+                     min_read_bytes=min_read)
     bound = ld.memory_bound_bytes()
     assert bound < 16 * 2**20, "bound larger than the data: the test would prove nothing"
     n: list[int] = []
@@ -270,3 +273,21 @@ def test_a_script_that_used_the_loader_exits_without_unclosed_session_noise(data
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == N
     assert "Unclosed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_read_grouping_storage_order_reads_one_fetch_per_buffer() -> None:
+    from zarrloader.loader import LoaderConfig, read_grouping
+    from zarrloader.nodes import PatchSpec
+
+    kib = 1 << 10
+    # shuffled: coalesced up to min_read_bytes, never past a buffer of K reads
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle_buffer_chunks=8), 256 * kib) == (8, 8)
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle_buffer_chunks=8), 1024 * kib) == (4, 8)
+    # storage order: K plays no part; a buffer is one fetch of ~min_read_bytes
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, shuffle_buffer_chunks=8), 256 * kib) == (16, 16)
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, shuffle_buffer_chunks=1), 1024 * kib) == (4, 4)
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle=False), 16 << 20) == (1, 1)
+    # patches: one read per call
+    patch = PatchSpec((4, 4))
+    assert read_grouping(LoaderConfig(batch_size=8, patch=patch), 64 * kib) == (1, 8)
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, patch=patch), 64 * kib) == (1, 1)

@@ -42,6 +42,15 @@ def test_unshuffled_plan_is_storage_order() -> None:
     assert all(np.array_equal(p.buffer_order(b), np.arange(len(p.buffer_order(b)))) for b in range(p.num_buffers))
 
 
+def test_buffers_ramp_up_only_when_shuffling() -> None:
+    # shuffled: the first batch waits for one read; storage order: every buffer is one fetch of K reads,
+    # so buffers, fetches and batches stay aligned (batches can be views of a fetch)
+    shuffled = make_plan(PlanConfig(200, 10, shuffle=True, buffer_blocks=4), 0)
+    assert shuffled.buffer_task_starts == (0, 1, 3, 7, 11, 15, 19, 20)
+    ordered = make_plan(PlanConfig(200, 10, shuffle=False, buffer_blocks=4), 0)
+    assert ordered.buffer_task_starts == (0, 4, 8, 12, 16, 20)
+
+
 def test_buffers_cover_the_plan() -> None:
     p = make_plan(PlanConfig(203, 16, buffer_blocks=4, rank=1, world_size=3), 5)
     assert p.buffer_offsets[0] == 0 and p.buffer_offsets[-1] == p.total
