@@ -373,8 +373,10 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
 
 def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: BenchConfig,
              say: Callable[[str], None]) -> list[BenchResult]:
+    from .loader import LoaderConfig, make_loader, read_grouping, request_budget
+
     src = ZarrSource(loc.url, storage_options=opts)
-    src.reserve_connections(2 * conc + 8)
+    src.reserve_connections(request_budget(conc))
     src.open()
     info = src.infos[0]
     sample = src.sample_nbytes
@@ -391,8 +393,6 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
                                peak_rss_mib=rss.peak / MiB, **kw))
         say(f"  {reader:18s} {out[-1].mib_per_s:8.1f} MiB/s")
 
-    from .loader import LoaderConfig, make_loader, read_grouping
-
     batch = max(1, cfg.batch_bytes // max(sample, 1))
     bounds = {shuffle: make_loader(src, batch_size=batch, concurrency=conc, shuffle=shuffle, pin_memory=False,
                                    shuffle_buffer_chunks=cfg.shuffle_buffer_chunks).memory_bound_bytes()
@@ -402,7 +402,7 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
     # loader's overhead, not a difference in parallelism.
     group, _ = read_grouping(LoaderConfig(batch_size=batch, shuffle_buffer_chunks=cfg.shuffle_buffer_chunks),
                              src.block_length * sample)
-    raw_in_flight = min(2 * conc + 8, conc * group)
+    raw_in_flight = min(request_budget(conc), conc * group)
     get_all = _raw_get(loc, opts, keys, raw_in_flight) if "raw" in cfg.readers else None
 
     def run_raw() -> tuple[int, int, dict[str, Any]]:

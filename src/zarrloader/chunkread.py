@@ -107,7 +107,13 @@ class DirectChunkReader:
         c = self.chunk_len
         block = np.empty((len(index), *self.chunk_shape), dtype=self.dtype)
         raw = block.reshape(len(index), -1).view(np.uint8)
-        found = await asyncio.gather(*(self.receiver(p.path, memoryview(raw[j])) for j, p in enumerate(paths)))
+        tasks = [asyncio.ensure_future(self.receiver(p.path, memoryview(raw[j]))) for j, p in enumerate(paths)]
+        try:
+            found = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:  # the fetch is redone through zarr: stop the other downloads now
+                t.cancel()
+            raise
         for j, present in enumerate(found):
             if not present:
                 if not self.read_missing:

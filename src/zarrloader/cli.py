@@ -159,7 +159,9 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 def _check_writable(flag: str, path: str) -> None:
     """Fail before minutes of measuring when the result could not be written."""
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder. Fix: name a file in it, e.g. {target / ('bench.json' if flag == '--json' else 'bench.png')}")
     if not folder.is_dir():
         raise ValueError(f"{flag} {path}: folder {folder} does not exist. Fix: create it, or name a file in an existing folder")
     if not os.access(target if target.exists() else folder, os.W_OK):

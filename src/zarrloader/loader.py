@@ -55,6 +55,11 @@ class LoaderConfig:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
 
 
+def request_budget(concurrency: int) -> int:
+    """HTTP requests the loader may have in flight (and connections it pools) at ``concurrency``."""
+    return 2 * concurrency + 8
+
+
 def read_grouping(config: LoaderConfig, read_bytes: int) -> tuple[int, int]:
     """(reads per fetch, reads per buffer) for whole-row reads of ``read_bytes`` each.
 
@@ -62,8 +67,9 @@ def read_grouping(config: LoaderConfig, read_bytes: int) -> tuple[int, int]:
     overhead, not the network, would set the pace. A fetch never crosses a buffer, so when shuffling
     it is capped at ``shuffle_buffer_chunks``. In storage order nothing is mixed, and the buffer is
     exactly one fetch: batches can then be views of a fetch's memory (see chunkread), and the first
-    batch waits for one fetch, not ``shuffle_buffer_chunks`` chunks."""
-    group = max(1, config.min_read_bytes // max(1, read_bytes))
+    batch waits for one fetch, not ``shuffle_buffer_chunks`` chunks. Never more reads per fetch than
+    the request budget: tiny chunks would otherwise make one fetch of thousands of GETs."""
+    group = max(1, min(config.min_read_bytes // max(1, read_bytes), request_budget(config.concurrency)))
     if config.patch is not None:
         group = 1
     if config.shuffle:
@@ -284,7 +290,7 @@ def make_loader(
 
     # Size the HTTP pool to the reads in flight: each of `concurrency` threads may fetch one chunk of
     # every array at once; below that, requests queue for a connection and latency dominates.
-    source.reserve_connections(2 * concurrency + 8)
+    source.reserve_connections(request_budget(concurrency))
     fetcher = Fetcher(source, patch, seed)
     cursor = PlanCursor()  # group size set once metadata is open
     lock = threading.Lock()
@@ -319,7 +325,7 @@ def make_loader(
         fetched: BaseNode[Any] = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True,
                                                 method="thread")
     else:
-        fetched = AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=2 * concurrency + 8)
+        fetched = AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=request_budget(concurrency))
     batcher = ShuffleBatcher(fetched, cursor, plan_config, batch_size=batch_size, drop_last=drop_last,
                              return_index=return_index, initial_epoch=initial_epoch, on_epoch=on_epoch)
     node: BaseNode[Any] = batcher

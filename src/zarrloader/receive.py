@@ -68,7 +68,8 @@ def _s3_receiver(store: Any) -> Receiver | None:
         from s3fs import S3FileSystem
     except ImportError:
         return None
-    if not isinstance(fs, S3FileSystem) or not getattr(fs, "asynchronous", False):
+    # the exact class: a subclass may override how it reads, and we would bypass that
+    if type(fs) is not S3FileSystem or not getattr(fs, "asynchronous", False):
         return None
     try:
         from aiobotocore.response import AioStreamingBody
@@ -78,28 +79,64 @@ def _s3_receiver(store: Any) -> Receiver | None:
         return None  # s3fs or aiobotocore internals changed: keep zarr's read path
     root = str(store.path).rstrip("/")
     missing = tuple(getattr(store, "allowed_exceptions", (FileNotFoundError,)))
+    # s3fs's own reads retry the request and the body read together; _call_s3 retries the request
+    # only, so a body cut off mid-way (connection reset) is retried here, as s3fs would
+    body_errors = _body_errors()
+    retries = max(1, int(getattr(fs, "retries", 5)))
 
     async def receive(key: str, out: memoryview) -> bool:
+        if not getattr(store, "_is_open", True):
+            await store._open()
         bucket, name, version = fs.split_path(f"{root}/{key}" if root else key)
-        try:
-            # s3fs retries and translates errors here exactly as for its own reads (NoSuchKey ->
-            # FileNotFoundError); requester-pays and extra request arguments are added by it too.
-            resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, **({"VersionId": version} if version else {}))
-        except missing:
-            return False
-        body = resp["Body"]
-        try:
-            size = resp.get("ContentLength")
-            if size is not None and size != len(out):
-                raise ObjectSizeError(f"s3://{bucket}/{name} holds {size} bytes, expected {len(out)}")
-            n = 0
-            while n < len(out):
-                got = await body.readinto(out[n:])
-                if not got:
-                    raise ObjectSizeError(f"s3://{bucket}/{name}: body ended after {n} of {len(out)} bytes")
-                n += got
-        finally:
-            body.close()
-        return True
+        for attempt in range(retries):
+            try:
+                # s3fs retries and translates errors here exactly as for its own reads (NoSuchKey ->
+                # FileNotFoundError); requester-pays and extra request arguments are added by it too.
+                resp = await fs._call_s3("get_object", Bucket=bucket, Key=name, **({"VersionId": version} if version else {}))
+            except missing:
+                return False
+            try:
+                await _read_body(resp, out, f"s3://{bucket}/{name}")
+                return True
+            except body_errors:
+                if attempt == retries - 1:
+                    raise
+                await asyncio.sleep(min(1.7**attempt * 0.1, 15))  # s3fs's backoff
+        raise AssertionError("unreachable")
 
     return receive
+
+
+async def _read_body(resp: dict[str, Any], out: memoryview, where: str) -> None:
+    body = resp["Body"]
+    try:
+        size = resp.get("ContentLength")
+        if size is not None and size != len(out):
+            raise ObjectSizeError(f"{where} holds {size} bytes, expected {len(out)}")
+        n = 0
+        while n < len(out):
+            got = await body.readinto(out[n:])
+            if not got:
+                raise ObjectSizeError(f"{where}: body ended after {n} of {len(out)} bytes")
+            n += got
+        if await body.read(1):  # no Content-Length (chunked encoding): the end must come now
+            raise ObjectSizeError(f"{where} holds more than the {len(out)} bytes expected")
+    finally:
+        body.close()
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = []
+    try:
+        from aiohttp import ClientPayloadError
+
+        errors.append(ClientPayloadError)
+    except ImportError:  # pragma: no cover - s3fs depends on aiohttp
+        pass
+    try:
+        from botocore.exceptions import ResponseStreamingError
+
+        errors.append(ResponseStreamingError)
+    except ImportError:  # pragma: no cover - older botocore
+        pass
+    return tuple(errors)

@@ -4,6 +4,7 @@ is exactly what zarr's own read returns, over the real S3 server. Batches stay w
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -178,3 +179,74 @@ def test_missing_chunks_refused_when_zarr_says_so(scratch_s3: S3Server) -> None:
         src = ZarrSource(url, storage_options=scratch_s3.storage_options())
         with pytest.raises(Exception, match=r"c/0/0|missing"):
             list(make_loader(src, batch_size=4, shuffle=False, concurrency=2))
+
+
+class _FaultyS3:
+    """A bare HTTP server answering every GET with one object of ``size`` bytes, misbehaving on
+    demand the way real connections do (rclone cannot be made to): ``cut`` sends half the body and
+    drops the connection, ``chunked`` sends ``size + 8`` bytes without a Content-Length."""
+
+    def __init__(self, size: int) -> None:
+        import socket
+        import threading
+
+        self.size, self.faults, self.gets = size, [], 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def options(self) -> dict[str, object]:
+        return {"key": "k", "secret": "s", "asynchronous": True, "max_concurrency": 1,
+                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{self.sock.getsockname()[1]}",
+                                  "region_name": "us-east-1"},
+                "config_kwargs": {"response_checksum_validation": "when_required",
+                                  "request_checksum_calculation": "when_required"}}
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: Any) -> None:
+        import socket
+
+        f = conn.makefile("rb")
+        with conn:
+            while f.readline():
+                while f.readline() not in (b"\r\n", b""):
+                    pass
+                self.gets += 1
+                fault = self.faults.pop(0) if self.faults else None
+                if fault == "chunked":
+                    body = b"\x02" * (self.size + 8)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+                    continue
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size
+                if fault == "cut":
+                    conn.sendall(head + b"\x01" * (self.size // 2))
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+                conn.sendall(head + b"\x01" * self.size)
+
+
+def test_s3_receiver_retries_a_cut_body_and_refuses_an_overlong_one() -> None:
+    import asyncio
+
+    from zarrloader.receive import ObjectSizeError, receiver_for
+
+    server = _FaultyS3(100_000)
+    out = np.zeros(100_000, dtype=np.uint8)
+
+    async def run() -> None:
+        receive = receiver_for(FsspecStore.from_url("s3://bkt/a.zarr", storage_options=server.options, read_only=True))
+        assert receive is not None
+        server.faults = ["cut", "cut"]  # two connections reset mid-body, then a good answer
+        assert await receive("c/0", memoryview(out))
+        assert server.gets == 3 and int(out.sum()) == 100_000
+        server.faults = ["chunked"]
+        with pytest.raises(ObjectSizeError, match="more than the 100000 bytes"):
+            await receive("c/0", memoryview(out))
+
+    asyncio.run(run())

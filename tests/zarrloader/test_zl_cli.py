@@ -165,6 +165,8 @@ def test_cli_bench_unwritable_outputs_fail_before_measuring(monkeypatch: pytest.
     monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: pytest.fail("measured before checking outputs"))
     assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--plot", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     # root may write anywhere: without its permission-override capabilities, the mode bits hold for it

@@ -287,6 +287,8 @@ def test_read_grouping_storage_order_reads_one_fetch_per_buffer() -> None:
     assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, shuffle_buffer_chunks=8), 256 * kib) == (16, 16)
     assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, shuffle_buffer_chunks=1), 1024 * kib) == (4, 4)
     assert read_grouping(LoaderConfig(batch_size=8, shuffle=False), 16 << 20) == (1, 1)
+    # tiny chunks: never more GETs per fetch than the request budget (2 x concurrency + 8)
+    assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, concurrency=16), 4 * kib) == (40, 40)
     # patches: one read per call
     patch = PatchSpec((4, 4))
     assert read_grouping(LoaderConfig(batch_size=8, patch=patch), 64 * kib) == (1, 8)
