@@ -400,7 +400,7 @@ def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: Be
     # The limit gets as many requests in flight as the loader can have: `conc` fetches of G coalesced
     # chunk reads each, capped by its connection pool. Same request budget, so a ratio measures the
     # loader's overhead, not a difference in parallelism.
-    group, _ = read_grouping(LoaderConfig(batch_size=batch, shuffle_buffer_chunks=cfg.shuffle_buffer_chunks),
+    group, _ = read_grouping(LoaderConfig(batch_size=batch, concurrency=conc, shuffle_buffer_chunks=cfg.shuffle_buffer_chunks),
                              src.block_length * sample)
     raw_in_flight = min(request_budget(conc), conc * group)
     get_all = _raw_get(loc, opts, keys, raw_in_flight) if "raw" in cfg.readers else None

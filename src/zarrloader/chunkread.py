@@ -81,8 +81,9 @@ class DirectChunkReader:
 
     async def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Rows ``[a, b)`` for every range: all their chunks fetched at once and decoded in one call.
-        A range inside one chunk comes back as a slice of the decoded chunk (no copy; may be
-        read-only), a range over several chunks as their concatenation."""
+        Received chunks (``receiver`` set): every range is a writable view of one block. Otherwise a
+        range inside one chunk is a slice of the decoded chunk (no copy; may be read-only), a range
+        over several chunks their concatenation."""
         c = self.chunk_len
         spans = [(a // c, (b - 1) // c) for a, b in ranges]
         index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})

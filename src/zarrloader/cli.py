@@ -167,8 +167,8 @@ def _check_writable(flag: str, path: str) -> None:
     if not os.access(target if target.exists() else folder, os.W_OK):
         raise ValueError(
             f"{flag} {path}: permission denied for uid {os.getuid()}. Fix: name a file in a folder this user can "
-            f"write (in the image, which runs as uid 1000: docker run --user $(id -u) -v $PWD:/out ..., or make "
-            f"the mounted folder writable for uid 1000)"
+            f"write (the image runs as a non-root user: docker run --user $(id -u) -v $PWD:/out ..., or make "
+            f"the mounted folder writable for uid {os.getuid()})"
         )
 
 
