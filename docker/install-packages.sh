@@ -10,5 +10,5 @@ if [ -s /run/secrets/ca_bundle ]; then
   export SSL_CERT_FILE=/run/secrets/ca_bundle
 fi
 export UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_CACHE_DIR=/root/.cache/uv UV_NO_PROGRESS=1 \
-       UV_PYTHON_DOWNLOADS=never UV_NATIVE_TLS=1
+       UV_PYTHON_DOWNLOADS=never UV_SYSTEM_CERTS=1
 exec /opt/tools/uv pip install --python /opt/venv/bin/python "$@"

@@ -27,6 +27,8 @@ class BuildRequest:
     registry: str = ""
     progress: str = "plain"
     dry_run: bool = False
+    unlocked: bool = False  # resolve at build time instead of installing the locks (labelled locked=false)
+    platform: str | None = None  # None: this machine's (the docker driver builds and loads one platform)
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,48 @@ def ensure_os_image(ref: str) -> None:
         )
 
 
+def native_platform() -> str:
+    import platform
+
+    return {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64",
+            "arm64": "linux/arm64"}.get(platform.machine().lower(), f"linux/{platform.machine().lower()}")
+
+
+def require_locks(matrix: Matrix, targets: list[str], ctx: BuildContext) -> None:
+    """A locked build needs a current lock for every layer it builds; say which and how to fix it."""
+    from imagectl.locks import variant_locked
+
+    for name in dict.fromkeys(t.rsplit("-", 1)[0] for t in targets):
+        if name in ctx.locked:
+            continue
+        v = matrix.variant(name)
+        if ctx.python != matrix.image.python:
+            raise DockerError(f"the locks are for Python {matrix.image.python}, this build asks for {ctx.python}: "
+                              "build with --unlocked (labelled io.pytorch-cuda.locked=false)")
+        bad = [s for p in v.platforms for s in variant_locked(matrix, v, p) if s.state != "ok"]
+        states = "; ".join(f"{s.path.name} {s.state}{': ' + s.detail if s.detail else ''}" for s in bad)
+        how = (f"lock it where its wheel index {v.index_url} is reachable (imagectl lock --variant {name})"
+               if v.index_url else f"run `make lock VARIANT={name}` (imagectl lock --variant {name})")
+        raise DockerError(f"variant {name} has no current lock ({states}). Fix: {how} and commit "
+                          "images/locks/, or build without locks with --unlocked (make build UNLOCKED=1; the "
+                          "image is labelled io.pytorch-cuda.locked=false)")
+
+
 def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
     targets = resolve_targets(matrix, req)
-    ctx = BuildContext.detect(matrix, os_image=req.os_image, python=req.python, registry=req.registry)
+    ctx = BuildContext.detect(matrix, os_image=req.os_image, python=req.python, registry=req.registry,
+                              unlocked=req.unlocked)
+    if not req.unlocked:
+        require_locks(matrix, targets, ctx)
+    platform = req.platform or native_platform()
+    for name in dict.fromkeys(t.rsplit("-", 1)[0] for t in targets):
+        v = matrix.variant(name)
+        if platform not in v.platforms:
+            raise DockerError(f"variant {name} is built for {', '.join(v.platforms)}, not {platform} (this machine's "
+                              f"platform unless --platform says otherwise); build it on such a machine")
     plan = write_plan(matrix, ctx, GENERATED)
-    cmd = bake_command(plan, targets, "--progress", req.progress)
+    # the engine's own driver builds and loads one platform at a time: this one
+    cmd = bake_command(plan, targets, "--progress", req.progress, "--set", f"*.platform={platform}")
     env = dict(os.environ)
     if req.ca_bundle:
         if not req.ca_bundle.is_file():
@@ -75,7 +114,8 @@ def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
         return BuildResult(tuple(targets), {}, 0.0)
     require_buildx()
     ensure_os_image(ctx.os_image)
-    print(f"imagectl: building {', '.join(targets)} (OS {ctx.os_image}, Python {ctx.python})", file=sys.stderr)
+    how = "UNLOCKED: resolved at build time" if req.unlocked else "from images/locks"
+    print(f"imagectl: building {', '.join(targets)} (OS {ctx.os_image}, Python {ctx.python}, {how})", file=sys.stderr)
     start = time.monotonic()
     res = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
     seconds = time.monotonic() - start
@@ -103,6 +143,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default="", help="prefix the tags with this registry")
     parser.add_argument("--progress", default="plain", choices=["plain", "tty", "auto", "quiet"])
     parser.add_argument("--dry-run", action="store_true", help="print the bake command and exit")
+    parser.add_argument("--platform", default=None, help="linux/amd64 or linux/arm64 (default: this machine's)")
+    parser.add_argument("--unlocked", action="store_true",
+                        help="resolve the matrix's pins at build time instead of installing the hash locks "
+                             "(for variants that cannot be locked here; labelled io.pytorch-cuda.locked=false)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     variants = tuple(v for arg in args.variant for v in arg.split(",") if v)
     req = BuildRequest(variants=variants, layer=args.target, os_image=args.os_image, python=args.python,
                        ca_bundle=args.ca_bundle, registry=args.registry, progress=args.progress,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, unlocked=args.unlocked, platform=args.platform)
     try:
         result = build(matrix, req)
     except DockerError as exc:

@@ -17,20 +17,32 @@ from typing import Any
 
 from imagectl.matrix import Matrix, load_matrix
 
+# Runner labels per platform: hosted runners build and smoke on CPU, self-hosted GPU runners of the
+# same architecture run the GPU suite and release (an image is released from the machine it passed on).
+RUNNERS = {"linux/amd64": ("ubuntu-24.04", '["self-hosted","linux","x64","gpu"]'),
+           "linux/arm64": ("ubuntu-24.04-arm", '["self-hosted","linux","arm64","gpu"]')}
+
 
 def build(matrix: Matrix, only: list[str] | None = None) -> dict[str, Any]:
+    """One job per variant and platform."""
     include = []
     for v in (matrix.variant(n) for n in (only or list(matrix.variants))):
         refs = {layer: matrix.image_refs(v, layer)[0] for layer in ("data", "torch", "base")}
-        include.append({
-            "variant": v.name,
-            "cuda": v.cuda,
-            "default": v.name == matrix.default_variant,
-            "image": refs["data"],
-            "torch_image": refs["torch"],
-            "base_image": refs["base"],
-            "bake_group": v.name,  # docker buildx bake group: the variant's base, torch and data targets
-        })
+        for platform in v.platforms:
+            runner, gpu_runner = RUNNERS[platform]
+            include.append({
+                "variant": v.name,
+                "platform": platform,
+                "arch": platform.split("/")[1],
+                "runner": runner,
+                "gpu_runner": gpu_runner,  # JSON: fromJSON() in runs-on
+                "cuda": v.cuda,
+                "default": v.name == matrix.default_variant,
+                "image": refs["data"],
+                "torch_image": refs["torch"],
+                "base_image": refs["base"],
+                "bake_group": v.name,  # docker buildx bake group: the variant's base, torch and data targets
+            })
     return {"include": include}
 
 

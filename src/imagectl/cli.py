@@ -16,9 +16,12 @@ from imagectl.matrix import MatrixError
 COMMANDS: dict[str, str] = {
     "variants": "imagectl.variants_cmd",
     "bake-plan": "imagectl.bake",
+    "lock": "imagectl.lock_cmd",
     "build": "imagectl.build",
     "smoke": "imagectl.smoke",
     "push": "imagectl.push",
+    "release": "imagectl.release",
+    "diff": "imagectl.diff",
     "size": "imagectl.size",
     "verify": "imagectl.verify",
     "ci-matrix": "imagectl.ci_matrix",

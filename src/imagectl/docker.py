@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ def _run(cmd: list[str], timeout: float | None = 60) -> subprocess.CompletedProc
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
         raise DockerError(f"`{cmd[0]}` not found: {INSTALL_HINT}") from exc
+    except subprocess.TimeoutExpired:
+        raise DockerError(f"`{' '.join(cmd[:3])}` got no answer within {timeout:.0f} s (engine at "
+                          f"{os.environ.get('DOCKER_HOST') or 'the default socket'}): is dockerd running?") from None
 
 
 def require_engine() -> None:
@@ -28,7 +32,7 @@ def require_engine() -> None:
     res = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30)
     if res.returncode != 0:
         raise DockerError(f"the Docker engine does not answer ({res.stderr.strip() or 'no output'}): "
-                          f"start dockerd, or {INSTALL_HINT}")
+                          f"start dockerd or fix DOCKER_HOST, or {INSTALL_HINT}")
 
 
 def require_buildx() -> None:
@@ -60,9 +64,22 @@ class ImageInfo:
     raw: dict[str, Any]
 
 
+_NO_ENGINE = ("Cannot connect to the Docker daemon", "error during connect", "permission denied while trying to connect",
+              "Is the docker daemon running")
+
+
+def engine_unreachable(stderr: str) -> bool:
+    """The docker CLI's own words for "no engine answers" (a dead DOCKER_HOST, a stopped dockerd)."""
+    return any(s.lower() in stderr.lower() for s in _NO_ENGINE)
+
+
 def inspect_image(ref: str) -> ImageInfo:
     res = _run(["docker", "image", "inspect", ref])
     if res.returncode != 0:
+        if engine_unreachable(res.stderr):
+            host = os.environ.get("DOCKER_HOST") or "the default socket"
+            raise DockerError(f"the Docker engine does not answer at {host} ({res.stderr.strip().splitlines()[-1]}): "
+                              f"start dockerd or fix DOCKER_HOST, or {INSTALL_HINT}")
         raise DockerError(f"no local image '{ref}': build it first (make build) or check the name")
     raw = json.loads(res.stdout)[0]
     cfg = raw.get("Config") or {}

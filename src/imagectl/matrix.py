@@ -17,6 +17,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX = REPO_ROOT / "images" / "matrix.toml"
 LAYERS = ("base", "torch", "data")
+# What the images promise in their data layer (README, DESIGN): a matrix without one is refused.
+PROMISED_DATA_STACK = ("torchdata", "zarr", "fsspec", "s3fs", "gcsfs", "nvidia-ml-py")
+PLATFORMS = ("linux/amd64", "linux/arm64")
 
 _VERSION = re.compile(r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
 _CUDA = re.compile(r"^\d+\.\d+$")
@@ -65,6 +68,7 @@ class Variant:
     driver_min: str
     nvidia_require_cuda: str
     wheels: Mapping[str, str]
+    platforms: tuple[str, ...] = ("linux/amd64",)
 
     @property
     def driver_floor_major(self) -> int:
@@ -172,7 +176,7 @@ class Matrix:
             "data_stack": dict(self.data_stack),
             "build_tools": dict(self.build_tools),
             "variants": {
-                name: {**asdict(v), "wheels": dict(v.wheels),
+                name: {**asdict(v), "wheels": dict(v.wheels), "platforms": list(v.platforms),
                        "tags": {layer: self.tags_for(v, layer) for layer in LAYERS}}
                 for name, v in self.variants.items()
             },
@@ -188,7 +192,7 @@ _IMAGE_KEYS = {"name", "os_image", "python", "user", "uid", "series", "source", 
 _TAG_KEYS = {"data", "torch", "base", "default"}
 _TORCH_KEYS = {"torch", "torchvision", "torchaudio"}
 _VARIANT_KEYS = {"cuda", "index_url", "local_version", "cudnn", "nccl", "cudart", "driver_min",
-                 "nvidia_require_cuda", "wheels"}
+                 "nvidia_require_cuda", "wheels", "platforms"}
 _UNSUPPORTED_KEYS = {"reason", "advice"}
 
 
@@ -227,9 +231,20 @@ def _pins(where: str, table: Any) -> dict[str, str]:
     return pins
 
 
+def _platforms(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+        raise MatrixError(f"{where}.platforms: expected a non-empty list such as [\"linux/amd64\"]")
+    for p in value:
+        if p not in PLATFORMS:
+            raise MatrixError(f"{where}.platforms: {p!r} is not supported; choose from {', '.join(PLATFORMS)}")
+    if len(set(value)) != len(value):
+        raise MatrixError(f"{where}.platforms: {value} lists a platform twice")
+    return tuple(value)
+
+
 def _variant(name: str, raw: Any) -> Variant:
     where = f"variants.{name}"
-    _check_keys(where, raw, _VARIANT_KEYS)
+    _check_keys(where, raw, _VARIANT_KEYS, required=_VARIANT_KEYS - {"platforms"})
     if not _NAME.match(name):
         raise MatrixError(f"{where}: '{name}' is not a valid variant name (lowercase, digits, . _ -)")
     wheels = _pins(f"{where}.wheels", raw["wheels"])
@@ -245,6 +260,7 @@ def _variant(name: str, raw: Any) -> Variant:
         nvidia_require_cuda=_str(f"{where}.nvidia_require_cuda", raw["nvidia_require_cuda"], _REQUIRE_CUDA,
                                  "NVIDIA_REQUIRE_CUDA value (e.g. 'cuda>=12.0')"),
         wheels=wheels,
+        platforms=_platforms(where, raw.get("platforms", ["linux/amd64"])),
     )
     if v.index_url and not v.index_url.startswith("https://"):
         raise MatrixError(f"{where}.index_url: {v.index_url!r} must be an https:// URL or empty")
@@ -281,6 +297,9 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
         source=_str("image.source", img["source"]),
         licenses=_str("image.licenses", img["licenses"]),
     )
+    if image.user == "root":
+        raise MatrixError("image.user: 'root' is refused: the images run as a non-root user by default "
+                          "(use e.g. \"ml\"; derived images may switch to root where they need to)")
     if tuple(int(x) for x in image.python.split(".")) < (3, 12):
         raise MatrixError(f"image.python: {image.python} is too old; images need >= 3.12 (zarr >= 3.2)")
     _check_keys("tags", raw["tags"], _TAG_KEYS)
@@ -294,6 +313,10 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
     _check_keys("torch", raw["torch"], _TORCH_KEYS)
     torch = _pins("torch", raw["torch"])
     data_stack = _pins("data_stack", raw["data_stack"])
+    missing = [p for p in PROMISED_DATA_STACK if p not in data_stack]
+    if missing:
+        raise MatrixError(f"data_stack: missing {', '.join(missing)}: the data images promise "
+                          f"{', '.join(PROMISED_DATA_STACK)}; pin them here")
     build_tools = _pins("build_tools", raw["build_tools"])
     if "uv" not in build_tools:
         raise MatrixError("build_tools: missing the uv pin (the Dockerfile installs packages with uv)")
@@ -340,11 +363,17 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
     """Read and validate the matrix; MatrixError with the file name and the cause on any problem."""
     path = Path(path) if path else DEFAULT_MATRIX
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise MatrixError(f"{path}: no such file (the variant matrix lives in images/matrix.toml)") from exc
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MatrixError(f"{path}: no such file (the variant matrix lives in images/matrix.toml)") from None
+    except IsADirectoryError:
+        raise MatrixError(f"{path} is a folder: pass the matrix file itself, e.g. {path / 'matrix.toml'}") from None
+    except PermissionError:
+        raise MatrixError(f"{path}: permission denied: make it readable, or pass another file") from None
+    except UnicodeDecodeError:
+        raise MatrixError(f"{path} is not a text file (not UTF-8): pass the TOML matrix, e.g. images/matrix.toml") from None
     except tomllib.TOMLDecodeError as exc:
-        raise MatrixError(f"{path}: not valid TOML: {exc}") from exc
+        raise MatrixError(f"{path}: not valid TOML: {exc}") from None
     try:
         return parse_matrix(raw, path)
     except MatrixError as exc:

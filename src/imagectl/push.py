@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from imagectl.docker import DockerError, ImageInfo, inspect_image, require_engine
+from imagectl.gate import Expectation, GateRefused, choose, is_gpu_verified, suite_checks_of
 from imagectl.matrix import LAYERS, REPO_ROOT, Matrix, Variant, load_matrix
+from imagectl.refs import InvalidReferenceError, Registry, image_ref, parse_registry, validate_repository
 from imagectl.registry import RegistryError, manifest_info
 from imagectl.release_tags import Stamp, TagError, release_tags
+from smokesuite.report import ReportFormatError, SmokeReport, SuiteChecks, write_report
 
 LABEL_VARIANT = "io.pytorch-cuda.variant"
 LABEL_LAYER = "io.pytorch-cuda.layer"
@@ -37,9 +40,7 @@ DEFAULT_OUT = REPO_ROOT / "build" / "release"
 EXIT_REFUSED = 3  # the gate said no (distinct from 1 = a push or registry failure)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
-
-class GateRefused(Exception):
-    """The release gate refused; the message names the image, the cause and the fix. Nothing was pushed."""
+__all__ = ["EXIT_REFUSED", "GateRefused", "PushFailed", "ReleasePlan", "execute", "find_reports", "plan_release"]
 
 
 class PushFailed(RuntimeError):
@@ -49,93 +50,47 @@ class PushFailed(RuntimeError):
 # -- smoke reports ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Report:
-    path: Path
-    data: dict[str, Any]
+class FoundReport:
+    """A smoke report and where it came from (a file, or the run `imagectl release` just made)."""
 
-    @property
-    def image_id(self) -> str:
-        return str(self.data.get("image_id") or "")
-
-    @property
-    def mode(self) -> str:
-        return str(self.data.get("mode") or "")
+    report: SmokeReport
+    source: str
 
 
-def find_reports(files: list[Path], dirs: list[Path]) -> list[Report]:
-    """Smoke reports (schema 1 JSON with an image_id) among `files` and the *.json files in `dirs`."""
-    candidates = list(files)
-    for d in dirs:
-        if d.is_dir():
-            candidates += sorted(d.glob("*.json"))
-    reports: list[Report] = []
+def find_reports(files: list[Path], dirs: list[Path]) -> list[FoundReport]:
+    """Smoke reports among ``files`` (each must be one) and the *.json files in ``dirs`` (others skipped)."""
+    out: list[FoundReport] = []
     seen: set[Path] = set()
-    for path in candidates:
+    for path, named in [*((f, True) for f in files), *((p, False) for d in dirs if d.is_dir() for p in sorted(d.glob("*.json")))]:
         real = path.resolve()
         if real in seen:
             continue
         seen.add(real)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            if path in files:
-                raise GateRefused(f"{path}: not a readable JSON smoke report") from None
-            continue
-        if isinstance(data, dict) and "image_id" in data and "schema" in data:
-            reports.append(Report(path, data))
-        elif path in files:
-            raise GateRefused(f"{path}: not a smoke report (no 'schema'/'image_id'); "
-                              "write one with `imagectl smoke IMAGE --report FILE`")
-    return reports
+            out.append(FoundReport(SmokeReport.load(path), str(path)))
+        except ReportFormatError as exc:
+            if named:
+                raise GateRefused(f"{exc}; write one with `imagectl smoke IMAGE --report FILE`") from None
+    return out
 
 
-def judge(report: Report, image_id: str, variant: str, allow_cpu_only: bool) -> str | None:
-    """Why `report` does not let `image_id` be released (None: it does). Only the report's own keys count."""
-    d = report.data
-    if d.get("schema") != 1:
-        return f"report schema {d.get('schema')!r} is not 1 (written by another imagectl version: rerun smoke)"
-    if report.image_id != image_id:
-        return f"it is for image {report.image_id[:19] or '(none)'}, not {image_id[:19]}"
-    if d.get("variant") != variant:
-        return f"it is for variant {d.get('variant')!r}, not {variant!r}"
-    summary = d.get("summary") or {}
-    failed, errors, passed = (int(summary.get(k) or 0) for k in ("failed", "errors", "passed"))
-    if d.get("passed") is not True or failed or errors or passed == 0:
-        bad = [c.get("name", "?") for c in d.get("checks") or [] if c.get("outcome") in ("failed", "error")]
-        detail = f" ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})" if bad else ""
-        return (f"the smoke suite did not pass: {failed} failed, {errors} errors, {passed} passed{detail}; "
-                "fix the image and run `imagectl smoke` again")
-    if report.mode == "gpu" and d.get("expect") == "gpu":
-        return None
-    if report.mode in ("gpu", "cpu") and allow_cpu_only:
-        return None
-    return (f"it passed in {report.mode or 'unknown'} mode (expect={d.get('expect')!r}); a release needs a GPU run: "
-            "`imagectl smoke IMAGE --expect gpu --report FILE` on a GPU host, or pass --allow-cpu-only "
-            "(every tag then ends in -gpu-unverified)")
-
-
-def gate_report(image_id: str, ref: str, variant: str, reports: list[Report], allow_cpu_only: bool,
-                searched: str) -> Report:
-    """The report that lets this exact image be released (a GPU one first), or GateRefused saying why."""
-    mine = [r for r in reports if r.image_id == image_id]
-    verdicts = [(r, judge(r, image_id, variant, allow_cpu_only)) for r in mine]
-    good = [r for r, why in verdicts if why is None]
-    if good:
-        # Prefer a GPU run, then the newest.
-        return max(good, key=lambda r: (r.mode == "gpu" and r.data.get("expect") == "gpu",
-                                        str(r.data.get("finished_at") or "")))
-    head = f"refusing to push {ref} ({image_id[:19]}): "
-    if verdicts:
-        lines = "; ".join(f"{r.path}: {why}" for r, why in verdicts)
-        raise GateRefused(head + f"no passing smoke report for this image ID. {lines}")
-    others = [r for r in reports if r.data.get("variant") in (variant, None)]
+def gate_report(image: ImageInfo, ref: str, want: Expectation, reports: list[FoundReport], searched: str) -> FoundReport:
+    """The report that releases this exact image (a GPU-verified one first), or GateRefused saying why."""
+    chosen, judged = choose([f.report for f in reports], want)
+    if chosen is not None:
+        return next(f for f in reports if f.report is chosen)
+    head = f"refusing to push {ref} ({image.id[:19]}): "
+    if judged:
+        lines = "; ".join(f"{next(f.source for f in reports if f.report is r)}: {'; '.join(why)}" for r, why in judged)
+        raise GateRefused(head + f"no smoke report releases this image ID. {lines}")
+    others = [f for f in reports if f.report.variant in (want.variant, None)]
     if others:
-        lines = "; ".join(f"{r.path} is for {r.image_id[:19] or '(none)'}" for r in others[:5])
+        lines = "; ".join(f"{f.source} is for {(f.report.image_id or '(none)')[:19]}" for f in others[:5])
         raise GateRefused(head + "the image changed after it was smoke-tested (no report has its ID: "
                           f"{lines}); run `imagectl smoke {ref} --expect gpu --report FILE` again")
     raise GateRefused(head + f"no smoke report for this image ID (searched {searched}); run "
-                      f"`imagectl smoke {ref} --expect gpu --report build/smoke/{variant}.json` on a GPU host "
-                      "(or name a report with --report)")
+                      f"`imagectl smoke {ref} --expect gpu --report build/smoke/{want.variant}.json` on a GPU host "
+                      "(or name a report with --report), or use `imagectl release`")
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -145,7 +100,7 @@ class LayerRelease:
     layer: str
     local_ref: str
     image: ImageInfo
-    report: Report  # the report that gated it (for torch/base: the data image's)
+    report: FoundReport  # the report that gated it (for torch/base: the data image's)
     basis: str  # why this image may go out, in words
     gpu_verified: bool
     refs: tuple[str, ...]  # REGISTRY/REPOSITORY:TAG, the immutable one last for data
@@ -175,49 +130,67 @@ def _check_labels(image: ImageInfo, ref: str, variant: Variant, layer: str) -> N
         )
 
 
+def check_destination(registry: str, repository: str) -> Registry:
+    """Registry and repository validated first, before any image or report is looked at."""
+    try:
+        reg = parse_registry(registry)
+        validate_repository(repository)
+    except InvalidReferenceError as exc:
+        raise GateRefused(str(exc)) from None
+    return reg
+
+
+def local_image(matrix: Matrix, variant: Variant, layer: str, local_name: str) -> tuple[str, ImageInfo]:
+    ref = f"{local_name}:{matrix.tags_for(variant, layer)[0]}"
+    try:
+        image = inspect_image(ref)
+    except DockerError as exc:
+        raise GateRefused(f"refusing to push: no local image {ref} ({exc}); build it with "
+                          f"`make build VARIANT={variant.name} TARGET={layer}` or leave it out with --layers") from None
+    _check_labels(image, ref, variant, layer)
+    return ref, image
+
+
 def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, layers: tuple[str, ...] = LAYERS,
                  repository: str | None = None, local_name: str | None = None,
                  report_files: list[Path] | None = None, report_dirs: list[Path] | None = None,
-                 allow_cpu_only: bool = False) -> ReleasePlan:
-    """Gate every requested layer; GateRefused (nothing pushed) at the first image that may not go out."""
+                 reports: list[FoundReport] | None = None, allow_cpu_only: bool = False,
+                 suite: SuiteChecks | None = None, docker: str = "docker") -> ReleasePlan:
+    """Gate every requested layer; GateRefused (nothing pushed) at the first image that may not go out.
+
+    ``reports``: reports already in hand (``imagectl release``); otherwise files and folders are searched.
+    ``suite``: the check list to hold reports against; default: the one recorded in the data image."""
     variant = matrix.variant(variant_name)
-    if not registry.strip("/"):
-        raise GateRefused("no registry given: pass --registry HOST[:PORT][/NAMESPACE] (make push REGISTRY=...)")
+    repository = repository or matrix.image.name
+    reg = check_destination(registry, repository)
     for layer in layers:
         if layer not in LAYERS:
             raise GateRefused(f"unknown layer {layer!r}: choose from {', '.join(LAYERS)}")
-    repository = repository or matrix.image.name
     local_name = local_name or matrix.image.name
-    dirs = [Path(d) for d in (report_dirs if report_dirs is not None else DEFAULT_REPORT_DIRS)]
-    reports = find_reports([Path(f) for f in report_files or []], dirs)
-    searched = ", ".join(str(p) for p in [*(report_files or []), *dirs]) or "(nothing)"
-
-    def local(layer: str) -> tuple[str, ImageInfo]:
-        ref = f"{local_name}:{matrix.tags_for(variant, layer)[0]}"
-        try:
-            image = inspect_image(ref)
-        except DockerError as exc:
-            raise GateRefused(f"refusing to push: no local image {ref} ({exc}); build it with "
-                              f"`make build VARIANT={variant.name} TARGET={layer}` or leave it out with --layers") from None
-        _check_labels(image, ref, variant, layer)
-        return ref, image
+    if reports is None:
+        dirs = [Path(d) for d in (report_dirs if report_dirs is not None else DEFAULT_REPORT_DIRS)]
+        reports = find_reports([Path(f) for f in report_files or []], dirs)
+        searched = ", ".join(str(p) for p in [*(report_files or []), *dirs]) or "(nothing)"
+    else:
+        searched = "the run just made"
 
     # The data image is always gated: the torch and base images are released on its report.
-    data_ref, data_image = local("data")
-    report = gate_report(data_image.id, data_ref, variant.name, reports, allow_cpu_only, searched)
-    gpu = report.mode == "gpu" and report.data.get("expect") == "gpu"
+    data_ref, data_image = local_image(matrix, variant, "data", local_name)
+    suite = suite or suite_checks_of(data_image.id, docker=docker)
+    want = Expectation(image_id=data_image.id, variant=variant.name, suite=suite, require_gpu=not allow_cpu_only)
+    found = gate_report(data_image, data_ref, want, reports, searched)
+    gpu = is_gpu_verified(found.report, suite)
     try:
         stamp = Stamp.from_labels(data_image.labels)
     except TagError as exc:
         raise GateRefused(f"refusing to push {data_ref}: {exc}") from None
 
-    prefix = f"{registry.strip('/')}/{repository}"
     out: list[LayerRelease] = []
     for layer in layers:
         if layer == "data":
-            ref, image, basis = data_ref, data_image, f"smoke report {report.path} for image ID {data_image.id}"
+            ref, image, basis = data_ref, data_image, f"smoke report {found.source} for image ID {data_image.id}"
         else:
-            ref, image = local(layer)
+            ref, image = local_image(matrix, variant, layer, local_name)
             if not _layers_prefix(image, data_image):
                 raise GateRefused(
                     f"refusing to push {ref} ({image.id[:19]}): its layers are not contained in {data_ref} "
@@ -225,11 +198,15 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
                     f"go (make build VARIANT={variant.name} TARGET={layer}, then TARGET=data) and smoke it again"
                 )
             basis = (f"its layers are a prefix of data image {data_image.id}, which passed smoke report "
-                     f"{report.path}")
+                     f"{found.source}")
         tags = release_tags(matrix, variant, layer, stamp if layer == "data" else None, gpu_verified=gpu)
-        out.append(LayerRelease(layer, ref, image, report, basis, gpu, tuple(f"{prefix}:{t}" for t in tags)))
+        try:
+            refs = tuple(image_ref(reg, repository, t) for t in tags)
+        except InvalidReferenceError as exc:
+            raise GateRefused(str(exc)) from None
+        out.append(LayerRelease(layer, ref, image, found, basis, gpu, refs))
     immutable = next((img.refs[-1] for img in out if img.layer == "data"), None)
-    return ReleasePlan(variant.name, registry.strip("/"), repository, tuple(out), immutable)
+    return ReleasePlan(variant.name, str(reg), repository, tuple(out), immutable)
 
 
 # -- doing it -------------------------------------------------------------------------------------
@@ -298,7 +275,7 @@ def record(img: LayerRelease, digest: str, out: Path, sbom_files: dict[str, Path
     """build/release/sha256-<hex>/: push.json, smoke-report.json, sbom/*; one line in pushes.jsonl."""
     folder = out / digest.replace(":", "-")
     (folder / "sbom").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(img.report.path, folder / "smoke-report.json")
+    write_report(img.report.report, folder / "smoke-report.json")
     sboms = {}
     for kind, path in sbom_files.items():
         target = folder / "sbom" / path.name
@@ -306,7 +283,7 @@ def record(img: LayerRelease, digest: str, out: Path, sbom_files: dict[str, Path
         sboms[kind] = str(target.relative_to(folder))
     pushed = Pushed(layer=img.layer, image_id=img.image.id, digest=digest, refs=list(img.refs),
                     record_dir=str(folder), gpu_verified=img.gpu_verified, basis=img.basis,
-                    report=str(img.report.path), sbom=sboms)
+                    report=img.report.source, sbom=sboms)
     doc = {**asdict(pushed), "pinned": [f"{r.rsplit(':', 1)[0]}@{digest}" for r in img.refs[:1]],
            "labels": img.image.labels, "pushed_at": datetime.now(UTC).isoformat(timespec="seconds")}
     (folder / "push.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -346,14 +323,15 @@ def execute(plan: ReleasePlan, out: Path = DEFAULT_OUT, sbom: bool = True, docke
 
 # -- CLI ------------------------------------------------------------------------------------------
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, report_files: bool = True) -> None:
     parser.add_argument("--variant", default=None, help="variant from images/matrix.toml (default: the matrix default)")
-    parser.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE] to push to")
+    parser.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE] to push to (no scheme)")
     parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated layers (default: all)")
-    parser.add_argument("--report", action="append", default=[], type=Path,
-                        help="smoke report file (repeatable); also searched: --reports-dir")
-    parser.add_argument("--reports-dir", action="append", default=None, type=Path,
-                        help=f"folder of smoke reports (repeatable; default: {', '.join(DEFAULT_REPORT_DIRS)})")
+    if report_files:
+        parser.add_argument("--report", action="append", default=[], type=Path,
+                            help="smoke report file (repeatable); also searched: --reports-dir")
+        parser.add_argument("--reports-dir", action="append", default=None, type=Path,
+                            help=f"folder of smoke reports (repeatable; default: {', '.join(DEFAULT_REPORT_DIRS)})")
     parser.add_argument("--allow-cpu-only", action="store_true",
                         help="accept a CPU-mode report; every tag then ends in -gpu-unverified")
     parser.add_argument("--repository", default=None, help="repository name in the registry (default: matrix image name)")
@@ -364,32 +342,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docker", default="docker", help="docker client to use")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Push a variant's images only if the exact image IDs passed the smoke suite; record digests."""
-    matrix = load_matrix(args.matrix)
+def show_plan(plan: ReleasePlan) -> None:
+    for img in plan.images:
+        print(f"gate ok: {img.local_ref} {img.image.id[:19]} ({img.basis})")
+        print(f"  tags: {', '.join(img.refs)}")
+    if not plan.images[0].gpu_verified:
+        print("WARNING: not GPU-verified (CPU-only smoke report): tags end in -gpu-unverified", file=sys.stderr)
+
+
+def push_planned(plan_fn: Any, args: argparse.Namespace, command: str) -> int:
+    """Shared by push and release: gate (``plan_fn``), then push; exit codes 0 / 1 / EXIT_REFUSED."""
     try:
-        require_engine()
-        plan = plan_release(matrix, args.variant, args.registry,
-                            layers=tuple(x.strip() for x in args.layers.split(",") if x.strip()),
-                            repository=args.repository, local_name=args.local_name,
-                            report_files=args.report, report_dirs=args.reports_dir,
-                            allow_cpu_only=args.allow_cpu_only)
-        for img in plan.images:
-            print(f"gate ok: {img.local_ref} {img.image.id[:19]} ({img.basis})")
-            print(f"  tags: {', '.join(img.refs)}")
-        if not plan.images[0].gpu_verified:
-            print("WARNING: not GPU-verified (CPU-only smoke report): tags end in -gpu-unverified", file=sys.stderr)
+        plan = plan_fn()
+        show_plan(plan)
         if args.dry_run:
             print("dry run: nothing pushed")
             return 0
         pushed = execute(plan, out=args.out, sbom=not args.no_sbom, docker=args.docker)
     except GateRefused as exc:
-        print(f"imagectl push: {exc}", file=sys.stderr)
-        print("imagectl push: nothing was pushed", file=sys.stderr)
+        print(f"imagectl {command}: {exc}", file=sys.stderr)
+        print(f"imagectl {command}: nothing was pushed", file=sys.stderr)
         return EXIT_REFUSED
     except (DockerError, RegistryError, PushFailed, subprocess.TimeoutExpired) as exc:
-        print(f"imagectl push: error: {exc}", file=sys.stderr)
+        print(f"imagectl {command}: error: {exc}", file=sys.stderr)
         return 1
     for p in pushed:
         print(f"{p.layer}: {p.digest} (image {p.image_id[:19]}; record {p.record_dir})")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Push a variant's images only if the exact image IDs passed the smoke suite; record digests."""
+    matrix = load_matrix(args.matrix)
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())
+
+    def plan() -> ReleasePlan:
+        check_destination(args.registry, args.repository or matrix.image.name)  # before Docker is asked anything
+        require_engine()
+        return plan_release(matrix, args.variant, args.registry, layers=layers, repository=args.repository,
+                            local_name=args.local_name, report_files=args.report, report_dirs=args.reports_dir,
+                            allow_cpu_only=args.allow_cpu_only, docker=args.docker)
+
+    return push_planned(plan, args, "push")

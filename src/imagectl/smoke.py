@@ -11,7 +11,6 @@ loopback S3 endpoint is reachable), copies the report out and fills in ``image_i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from smokesuite.report import ReportFormatError, SmokeReport, check_writable, write_report
 
 CONTAINER_OUT = "/smoke-out"
 PASSTHROUGH_ENV = ("SMOKE_S3_URL", "SMOKE_S3_ANON", "SMOKE_S3_ENDPOINT_URL", "SMOKE_S3_MIN_RATIO",
@@ -50,7 +51,7 @@ class SmokeResult:
     command: list[str]
     exit_code: int
     passed: bool
-    report: dict[str, Any] | None = None
+    report: SmokeReport | None = None
     report_path: str | None = None
     failure: DockerFailure | None = None
     duration_s: float = 0.0
@@ -132,8 +133,13 @@ def host_has_nvidia_runtime(docker: str = "docker") -> bool:
 
 def docker_run_command(image: str, *, out_dir: str, expect: str | None, gpus: bool, shm_size: str = "8g",
                        ipc_host: bool = False, env_names: tuple[str, ...] = (), docker: str = "docker",
-                       pytest_args: list[str] | None = None) -> list[str]:
+                       pytest_args: list[str] | None = None, user: str | None = None,
+                       read_only: bool = False) -> list[str]:
     cmd = [docker, "run", "--rm", "--network", "host", "-v", f"{out_dir}:{CONTAINER_OUT}"]
+    if user:  # as Kubernetes runAsUser / OpenShift / Apptainer do: a UID with no passwd entry
+        cmd += ["--user", user]
+    if read_only:  # a read-only root; /tmp a tmpfs that allows exec (compiled kernels load from it)
+        cmd += ["--read-only", "--tmpfs", "/tmp:exec,mode=1777"]
     if gpus:
         cmd += ["--gpus", "all"]
     cmd += ["--ipc", "host"] if ipc_host else ["--shm-size", shm_size]
@@ -152,7 +158,8 @@ def docker_run_command(image: str, *, out_dir: str, expect: str | None, gpus: bo
 def run_smoke_in_container(image: str, expect: str | None = None, report_path: str | os.PathLike[str] | None = None,
                            *, docker: str = "docker", gpus: bool | None = None, shm_size: str = "8g",
                            ipc_host: bool = False, timeout_s: float = 1800, stream: bool = True,
-                           pytest_args: list[str] | None = None) -> SmokeResult:
+                           pytest_args: list[str] | None = None, user: str | None = None,
+                           read_only: bool = False) -> SmokeResult:
     """Run the suite in ``image``; the report (with image_id filled) goes to ``report_path`` if given."""
     image_id = inspect_image_id(image, docker)
     use_gpus = (expect != "cpu") and (expect == "gpu" or host_has_nvidia_runtime(docker)) if gpus is None else gpus
@@ -161,7 +168,8 @@ def run_smoke_in_container(image: str, expect: str | None = None, report_path: s
     with tempfile.TemporaryDirectory(prefix="imagectl-smoke-") as out_dir:
         os.chmod(out_dir, 0o777)  # the image's non-root user (uid 1000) writes the report here
         cmd = docker_run_command(image, out_dir=out_dir, expect=expect, gpus=use_gpus, shm_size=shm_size,
-                                 ipc_host=ipc_host, env_names=env_names, docker=docker, pytest_args=pytest_args)
+                                 ipc_host=ipc_host, env_names=env_names, docker=docker, pytest_args=pytest_args,
+                                 user=user, read_only=read_only)
         if stream:
             print("+ " + " ".join(cmd), flush=True)
         lines: list[str] = []
@@ -183,21 +191,27 @@ def run_smoke_in_container(image: str, expect: str | None = None, report_path: s
         code = proc.wait()
         output = "".join(lines)
         report_file = Path(out_dir) / "report.json"
-        report = json.loads(report_file.read_text()) if report_file.is_file() else None
+        report, bad = None, None
+        if report_file.is_file():
+            try:
+                report = SmokeReport.load(report_file)
+            except ReportFormatError as exc:
+                bad = str(exc)
     result = SmokeResult(image=image, image_id=image_id, command=cmd, exit_code=code, passed=False,
                          duration_s=time.monotonic() - t0, output_tail=output[-4000:],
-                         flags={"gpus": use_gpus, "ipc_host": ipc_host, "shm_size": None if ipc_host else shm_size})
+                         flags={"gpus": use_gpus, "ipc_host": ipc_host, "shm_size": None if ipc_host else shm_size,
+                                "user": user, "read_only": read_only})
     if report is None:
-        result.failure = classify_docker_failure(code, output) or DockerFailure(
+        result.failure = (DockerFailure("bad_report", f"the suite wrote an unusable report: {bad}",
+                                        "rebuild the image; its suite and this imagectl disagree on the schema")
+                          if bad else classify_docker_failure(code, output) or DockerFailure(
             "suite_crashed", f"the container exited with {code} and wrote no report",
-            "read the output above; run `docker run --rm IMAGE smoke` by hand")
+            "read the output above; run `docker run --rm IMAGE smoke` by hand"))
         return result
-    report["image_id"] = image_id
-    report.setdefault("image_ref", image)
-    result.report, result.passed = report, bool(report.get("passed")) and code == 0
+    report.image_id = image_id  # the ID docker reported for what ran, not what the file says
+    report.image_ref = report.image_ref or image
+    result.report, result.passed = report, report.passed and code == 0
     if report_path is not None:
-        from smokesuite.report import write_report
-
         result.report_path = str(write_report(report, report_path))
     return result
 
@@ -213,14 +227,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ipc-host", action="store_true", help="share the host's IPC namespace instead of --shm-size")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before the container is killed")
     parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker client to use")
+    parser.add_argument("--user", default=None, metavar="UID[:GID]",
+                        help="run the suite as this user (e.g. 12345:0, as Kubernetes runAsUser or OpenShift do)")
+    parser.add_argument("--read-only", action="store_true",
+                        help="read-only root filesystem, /tmp as an exec-allowed tmpfs (as hardened clusters run it)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report and (why := check_writable(args.report)):  # before minutes of checks
+        print(f"imagectl smoke: error: cannot write the report to {args.report}: {why}", file=sys.stderr)
+        return EXIT_NOT_RUN
     try:
         image_id = inspect_image_id(args.image, args.docker)
         report_path = args.report or f"smoke-report-{image_id.split(':')[-1][:12]}.json"
         result = run_smoke_in_container(args.image, args.expect, report_path, docker=args.docker, gpus=args.gpus,
-                                        shm_size=args.shm_size, ipc_host=args.ipc_host, timeout_s=args.timeout)
+                                        shm_size=args.shm_size, ipc_host=args.ipc_host, timeout_s=args.timeout,
+                                        user=args.user, read_only=args.read_only)
     except SmokeError as exc:
         print(f"imagectl smoke: error: {exc}", file=sys.stderr)
         return EXIT_NOT_RUN

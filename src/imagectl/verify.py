@@ -22,8 +22,10 @@ IMPORTS = {
     "zarr": "zarr", "numcodecs": "numcodecs", "fsspec": "fsspec", "s3fs": "s3fs", "gcsfs": "gcsfs",
     "obstore": "obstore", "nvidia-ml-py": "pynvml", "tqdm": "tqdm",
     "psutil": "psutil", "pytest": "pytest", "pytest-timeout": "pytest_timeout",
-    "pytorch-cuda": "zarrloader",
 }
+# This repository's image payload (two distributions); the host tool must not be in the image.
+PAYLOAD = {"zarrloader": "zarrloader", "smokesuite": "smokesuite"}
+HOST_ONLY = {"imagectl": "imagectl"}
 _PROBE = """
 import importlib, importlib.metadata as md, json, subprocess, sys
 out = {}
@@ -74,7 +76,7 @@ def expected_versions(matrix: Matrix, variant_name: str) -> dict[str, str]:
 
 
 def check_packages(report: VerifyReport, image: str, expected: dict[str, str]) -> None:
-    probe = {dist: PROBES.get(dist, dist.replace("-", "_")) for dist in [*expected, "pytorch-cuda"]}
+    probe = {dist: PROBES.get(dist, dist.replace("-", "_")) for dist in expected} | PAYLOAD | HOST_ONLY
     res = _docker("run", "--rm", "--entrypoint", "python", image, "-c", _PROBE, json.dumps(probe))
     if res.returncode != 0:
         report.add("packages import", False, res.stderr.strip()[-500:])
@@ -87,8 +89,57 @@ def check_packages(report: VerifyReport, image: str, expected: dict[str, str]) -
             continue
         have = got["version"].split("+")[0]  # torch 2.6.0+cu124 carries a local suffix
         report.add(f"import {dist}=={want}", have == want, "" if have == want else f"image has {got['version']}")
-    zl = found.get("pytorch-cuda", {})
-    report.add("import zarrloader", bool(zl.get("ok")), zl.get("error", ""))
+    for dist in PAYLOAD:
+        got = found.get(dist, {})
+        report.add(f"import {dist} (image payload)", bool(got.get("ok")), got.get("error", ""))
+    for dist in HOST_ONLY:
+        got = found.get(dist, {})
+        report.add(f"host tool {dist} is not in the image", not got.get("ok"),
+                   f"{dist} {got.get('version')} is installed" if got.get("ok") else "")
+
+
+def check_locks(report: VerifyReport, image: str, labels: dict[str, str], allow_unlocked: bool) -> None:
+    """A locked image: every distribution of its locks installed at exactly the locked version, and its
+    locks the repository's. An unlocked one is reported as such (a failure unless allowed)."""
+    import tempfile
+
+    from imagectl.image_contents import python_distributions
+    from imagectl.locks import LOCK_ROOT, normalize, parse
+
+    if labels.get("io.pytorch-cuda.locked") != "true":
+        report.add("built from hash locks", allow_unlocked,
+                   f"io.pytorch-cuda.locked={labels.get('io.pytorch-cuda.locked')!r}: an unlocked build"
+                   + ("" if allow_unlocked else " (pass --allow-unlocked to accept it)"))
+        return
+    variant = labels.get("io.pytorch-cuda.variant", "")
+    res = _docker("run", "--rm", "--network", "none", "--entrypoint", "bash", image, "-c",
+                  "cd /opt/pytorch-cuda/locks && for f in *.txt; do echo \"=== $f\"; cat \"$f\"; done")
+    if res.returncode != 0:
+        report.add("built from hash locks", False, f"no locks in /opt/pytorch-cuda/locks: {res.stderr.strip()[-200:]}")
+        return
+    files = {}
+    for chunk in res.stdout.split("=== ")[1:]:
+        name, _, body = chunk.partition("\n")
+        files[name.strip()] = body
+    installed = python_distributions(image)
+    wrong, differ = [], []
+    for name, body in sorted(files.items()):
+        ours = LOCK_ROOT / variant / name
+        if not ours.is_file() or ours.read_text() != body:
+            differ.append(name)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as tmp:
+            tmp.write(body)
+        try:
+            for pin in parse(Path(tmp.name)).pins.values():
+                have = installed.get(normalize(pin.name))
+                if have is None or have.split("+")[0] != pin.version.split("+")[0]:
+                    wrong.append(f"{pin.name}=={pin.version} (installed: {have})")
+        finally:
+            Path(tmp.name).unlink()
+    report.add("built from hash locks: every locked distribution installed at its version", not wrong and bool(files),
+               ", ".join(wrong[:5]) or f"{len(files)} lock(s), {sum(body.count('--hash') for body in files.values())} hashes")
+    report.add("the image's locks are this checkout's images/locks", not differ,
+               f"differ: {', '.join(differ)} (built from another commit?)" if differ else "")
 
 
 def check_user(report: VerifyReport, image: str) -> None:
@@ -184,13 +235,14 @@ def check_secrets(report: VerifyReport, image: str, host_bundle: Path) -> None:
                f"found in {', '.join(hits[:5])}" if hits else f"{scanned} files scanned, {len(needles)} markers")
 
 
-def verify(image: str, matrix: Matrix, variant: str, host_bundle: Path) -> VerifyReport:
+def verify(image: str, matrix: Matrix, variant: str, host_bundle: Path, allow_unlocked: bool = False) -> VerifyReport:
     require_engine()
     report = VerifyReport(image)
     labels = inspect_image(image).labels
     label_variant = labels.get("io.pytorch-cuda.variant")
     report.add("variant label matches", label_variant == variant, f"label={label_variant} expected={variant}")
     check_packages(report, image, expected_versions(matrix, variant))
+    check_locks(report, image, labels, allow_unlocked)
     check_user(report, image)
     check_pip(report, image)
     check_secrets(report, image, host_bundle)
@@ -202,13 +254,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default=None, help="variant the image was built for (default: from its label)")
     parser.add_argument("--host-ca-bundle", type=Path, default=Path("/etc/ssl/certs/ca-certificates.crt"),
                         help="the build host's CA bundle: its extra CAs must not be in the image")
+    parser.add_argument("--allow-unlocked", action="store_true",
+                        help="accept an image built with --unlocked (io.pytorch-cuda.locked=false)")
 
 
 def run(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     try:
         variant = args.variant or inspect_image(args.image).labels.get("io.pytorch-cuda.variant") or matrix.default_variant
-        report = verify(args.image, matrix, variant, args.host_ca_bundle)
+        report = verify(args.image, matrix, variant, args.host_ca_bundle, args.allow_unlocked)
     except DockerError as exc:
         print(f"imagectl: error: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from smokesuite.report import CheckResult
+from smokesuite.report import CheckResult, SuiteCheck, SuiteChecks
 
 
 class Figures:
@@ -71,6 +71,7 @@ class ReportCollector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         c = self._check(report.nodeid)
+        c.gpu = c.gpu or "gpu" in report.keywords  # the suite's `gpu` marker
         c.duration_s = round(c.duration_s + float(report.duration), 3)
         for key, value in report.user_properties:
             c.figures[str(key)] = value
@@ -91,3 +92,21 @@ class ReportCollector:
                 c.outcome, c.reason = "skipped", _reason(report)
         elif report.when == "teardown" and report.failed and c.outcome in ("passed", "skipped"):
             c.outcome, c.reason = "error", f"teardown: {_reason(report)}"
+
+
+class CheckLister:
+    """Registered by ``smoke --list-checks``: the checks the suite contains, as collected."""
+
+    def __init__(self) -> None:
+        self.checks: list[SuiteCheck] = []
+        self.errors: list[str] = []
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.errors.append(f"{report.nodeid or 'collection'}: {_reason(report) or 'collection failed'}")
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.checks = [SuiteCheck(item.nodeid, item.get_closest_marker("gpu") is not None) for item in session.items]
+
+    def result(self) -> SuiteChecks:
+        return SuiteChecks(tuple(self.checks))

@@ -1,4 +1,14 @@
-"""The smoke report (JSON, schema 1): what the release gate reads, and the summary table."""
+"""The smoke report (JSON, schema 1) and the suite's check list: the one schema the suite and the
+release gate share.
+
+The suite writes a ``SmokeReport``; ``imagectl``'s gate reads it back with ``SmokeReport.from_json``
+and decides from the per-check outcomes, never from the summary fields a file carries (they are
+written for people; ``from_json`` ignores them). ``SuiteChecks`` is the list of checks an image's
+own suite contains, recorded in the image at build time (``smoke --list-checks``), so the gate
+knows what a complete run of that image's suite is.
+
+This module is stdlib-only on purpose: the host tool imports it without torch or zarr.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,15 +24,23 @@ from typing import Any
 
 SCHEMA = 1
 OUTCOMES = ("passed", "failed", "skipped", "error")
+MODES = ("gpu", "cpu")
+#: Where the build records the suite's check list inside an image.
+SUITE_CHECKS_PATH = "/opt/pytorch-cuda/suite-checks.json"
+
+
+class ReportFormatError(ValueError):
+    """A report (or check list) does not follow the schema; the message names the key."""
 
 
 @dataclass
 class CheckResult:
-    name: str
+    name: str  # the pytest node id, e.g. test_smoke_cuda.py::test_matmul_matches_cpu_reference
     outcome: str  # one of OUTCOMES
     duration_s: float = 0.0
     reason: str | None = None  # skip reason or failure message
     figures: dict[str, Any] = field(default_factory=dict)
+    gpu: bool = False  # marked `gpu` in the suite (needs a CUDA device)
 
 
 @dataclass
@@ -39,14 +58,37 @@ class SmokeReport:
     image_id: str | None = None
     schema: int = SCHEMA
 
+    # -- verdicts, always recomputed from the checks -------------------------------------------
     @property
     def summary(self) -> dict[str, int]:
         return summarize(self.checks)
 
     @property
     def passed(self) -> bool:
+        """No failed and no errored check, and at least one check ran (all-skipped is no pass)."""
         return gate_passed(self.summary)
 
+    @property
+    def failed_checks(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.outcome in ("failed", "error")]
+
+    @property
+    def host_gpus(self) -> list[dict[str, Any]]:
+        gpus = (self.host or {}).get("gpus")
+        return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
+
+    @property
+    def gpu_verified(self) -> bool:
+        """Ran in GPU mode with GPU failures enforced, on a host whose NVML listed a GPU, and every
+        check marked ``gpu`` ran and passed. (The gate also checks the list against the image's own.)"""
+        gpu_checks = [c for c in self.checks if c.gpu]
+        return (self.mode == "gpu" and self.expect == "gpu" and bool(self.host_gpus) and self.passed
+                and bool(gpu_checks) and all(c.outcome == "passed" for c in gpu_checks))
+
+    def check(self, name: str) -> CheckResult | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    # -- (de)serialisation ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": self.schema, "image_id": self.image_id, "image_ref": self.image_ref,
@@ -55,6 +97,110 @@ class SmokeReport:
             "checks": [asdict(c) for c in self.checks], "started_at": self.started_at,
             "finished_at": self.finished_at, "duration_s": round(self.duration_s, 3),
         }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SmokeReport:
+        """Parse a report strictly. ``passed`` and ``summary`` in the file are ignored: they are
+        recomputed from the checks, so a hand-edited summary changes nothing."""
+        if not isinstance(data, Mapping):
+            raise ReportFormatError(f"a smoke report is a JSON object, not {type(data).__name__}")
+        if data.get("schema") != SCHEMA:
+            raise ReportFormatError(f"schema {data.get('schema')!r} is not {SCHEMA} (written by another "
+                                    "version of the suite: run the suite again)")
+        mode = _field(data, "mode", str)
+        if mode not in MODES:
+            raise ReportFormatError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        expect = _field(data, "expect", str, optional=True)
+        if expect not in (None, *MODES):
+            raise ReportFormatError(f"expect {expect!r} is not one of gpu, cpu or null")
+        raw_checks = _field(data, "checks", list)
+        checks: list[CheckResult] = []
+        seen: set[str] = set()
+        for i, c in enumerate(raw_checks):
+            if not isinstance(c, Mapping):
+                raise ReportFormatError(f"checks[{i}] is not an object")
+            name = _field(c, "name", str, where=f"checks[{i}]")
+            outcome = _field(c, "outcome", str, where=f"checks[{i}]")
+            if outcome not in OUTCOMES:
+                raise ReportFormatError(f"checks[{i}] ({name}): outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+            if name in seen:
+                raise ReportFormatError(f"checks[{i}]: check {name!r} appears twice")
+            seen.add(name)
+            figures = c.get("figures") or {}
+            checks.append(CheckResult(name=name, outcome=outcome, duration_s=float(c.get("duration_s") or 0.0),
+                                      reason=c.get("reason"), figures=dict(figures) if isinstance(figures, Mapping) else {},
+                                      gpu=bool(c.get("gpu", False))))
+        host = data.get("host") or {}
+        build_info = data.get("build_info")
+        return cls(image_ref=_field(data, "image_ref", str, optional=True),
+                   variant=_field(data, "variant", str, optional=True),
+                   build_info=dict(build_info) if isinstance(build_info, Mapping) else None,
+                   mode=mode, expect=expect, host=dict(host) if isinstance(host, Mapping) else {},
+                   checks=checks, started_at=str(data.get("started_at") or ""),
+                   finished_at=str(data.get("finished_at") or ""), duration_s=float(data.get("duration_s") or 0.0),
+                   image_id=_field(data, "image_id", str, optional=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SmokeReport:
+        """Read and parse a report file; ReportFormatError (naming the file) when it is not one."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ReportFormatError(f"{p}: not a readable JSON smoke report ({exc})") from None
+        try:
+            return cls.from_json(data)
+        except ReportFormatError as exc:
+            raise ReportFormatError(f"{p}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SuiteCheck:
+    name: str
+    gpu: bool  # marked `gpu`: must run (and pass) in a GPU-verified run
+
+
+@dataclass(frozen=True)
+class SuiteChecks:
+    """The checks an image's suite contains (recorded at build time by ``smoke --list-checks``)."""
+
+    checks: tuple[SuiteCheck, ...]
+    schema: int = SCHEMA
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks)
+
+    @property
+    def gpu_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks if c.gpu)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": self.schema, "checks": [asdict(c) for c in self.checks]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SuiteChecks:
+        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+            raise ReportFormatError(f"not a schema-{SCHEMA} suite check list")
+        raw = _field(data, "checks", list)
+        checks = []
+        for i, c in enumerate(raw):
+            if not isinstance(c, Mapping):
+                raise ReportFormatError(f"checks[{i}] is not an object")
+            checks.append(SuiteCheck(_field(c, "name", str, where=f"checks[{i}]"), bool(c.get("gpu", False))))
+        if not checks:
+            raise ReportFormatError("the suite check list is empty")
+        return cls(tuple(checks))
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, *, optional: bool = False, where: str = "") -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind):
+        at = f"{where}." if where else ""
+        raise ReportFormatError(f"{at}{key} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def summarize(checks: list[CheckResult]) -> dict[str, int]:
@@ -98,6 +244,23 @@ def write_report(report: SmokeReport | dict[str, Any], path: str | os.PathLike[s
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
+
+
+def check_writable(path: str | os.PathLike[str]) -> str | None:
+    """Why a report could not be written to ``path`` (None: it can). Checked before a run, so a
+    suite of many minutes never ends in a lost report."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{target} is a folder: name a file in it, e.g. {target / 'smoke-report.json'}"
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # write_report creates missing folders: the nearest existing one decides
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        return (f"uid {os.getuid()} cannot write {target if target.exists() else folder}: name a file in a "
+                "writable folder")
+    return None
 
 
 def _format_figures(figures: dict[str, Any], limit: int = 70) -> str:

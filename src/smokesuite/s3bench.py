@@ -1,29 +1,38 @@
-"""S3 Zarr read benchmark: raw parallel GETs of a dataset's chunk objects vs the Zarr reader.
+"""S3 Zarr read benchmark of the smoke suite: the image's loader against raw parallel GETs of the
+same chunk objects, in the same run, on the same server.
 
-The reader is ``zarrloader`` when it is importable (``zarrloader.bench.run_quick_benchmark``), else
-zarr-python + s3fs directly, and the result says which. Target: ``SMOKE_S3_URL`` (standard AWS
-credential chain; ``SMOKE_S3_ANON=1`` for anonymous access; ``SMOKE_S3_ENDPOINT_URL`` or
-``AWS_ENDPOINT_URL`` for a custom endpoint), else an embedded ``rclone serve s3`` on loopback.
+- Data: an uncompressed uint32 array written by zarr-python, one chunk object per row, so the bytes
+  the loader delivers equal the bytes raw GETs move.
+- Yardstick: the fastest raw client measured, not a convenient one: obstore (Rust, off the GIL) and
+  s3fs (aiobotocore), each with the same requests in flight; the ratio is against the faster.
+- Reader: ``zarrloader.make_loader`` (its public API) in storage order by default (``SMOKE_S3_READER=
+  loader_shuffled`` for shuffled reads); the first run's bytes are checked against what was written.
+
+Target: ``SMOKE_S3_URL`` (standard AWS credential chain; ``SMOKE_S3_ANON=1`` for anonymous access;
+``SMOKE_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL`` for a custom endpoint), else an embedded
+``rclone serve s3`` on loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MIB = 1024 * 1024
 MIN_RATIO_ENV = "SMOKE_S3_MIN_RATIO"
 DEFAULT_MIN_RATIO = 0.7
-ATTEMPTS = 3  # zarrloader runs at most, while below the floor
-# The smoke check reads the dataset back in storage order: it proves the image's read path keeps up
-# with the object store. Shuffled-read targets are `zarrloader bench`'s job. SMOKE_S3_READER overrides.
+ATTEMPTS = 3  # measurements at most, while below the floor: a noisy neighbour must not fail an image
 READER_ENV = "SMOKE_S3_READER"
+READERS = ("loader_sequential", "loader_shuffled")
 DEFAULT_READER = "loader_sequential"
-FALLBACK_READER = "zarr+s3fs (zarrloader unavailable)"
+CONCURRENCY = 16
 
 
 @dataclass
@@ -33,14 +42,17 @@ class S3BenchResult:
     embedded: bool
     objects: int
     nbytes: int
-    raw_mib_per_s: float
+    raw_mib_per_s: float  # the fastest raw client's median
     reader_mib_per_s: float
     ratio: float
+    raw_client: str = ""
+    raw_clients_mib_per_s: dict[str, float] = field(default_factory=dict)
     note: str | None = None
 
     def figures(self) -> dict[str, Any]:
         d = asdict(self)
         head = {k: round(d.pop(k), 3) for k in ("ratio", "raw_mib_per_s", "reader_mib_per_s")}
+        d["raw_clients_mib_per_s"] = {k: round(v, 1) for k, v in d["raw_clients_mib_per_s"].items()}
         return {**head, **d}
 
 
@@ -52,8 +64,15 @@ def min_ratio(env: dict[str, str] | None = None) -> float:
         raise ValueError(f"{MIN_RATIO_ENV}={value!r} is not a number (e.g. 0.7)") from exc
 
 
+def reader_name(env: dict[str, str] | None = None) -> str:
+    value = (env if env is not None else os.environ).get(READER_ENV) or DEFAULT_READER
+    if value not in READERS:
+        raise ValueError(f"{READER_ENV}={value!r}: choose one of {', '.join(READERS)}")
+    return value
+
+
 def storage_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """s3fs options for SMOKE_S3_URL: credentials come from the standard AWS chain."""
+    """fsspec-style options for SMOKE_S3_URL: credentials come from the standard AWS chain."""
     env = env if env is not None else dict(os.environ)
     opts: dict[str, Any] = {}
     if env.get("SMOKE_S3_ANON", "").lower() in ("1", "true", "yes"):
@@ -67,14 +86,17 @@ def storage_options_from_env(env: dict[str, str] | None = None) -> dict[str, Any
     return opts
 
 
-def _fs(storage_options: dict[str, Any]) -> Any:
-    import s3fs
+def check_url(url: str) -> str:
+    """SMOKE_S3_URL must be an s3:// URL with a bucket; say so instead of reading it as a path."""
+    if not url.startswith("s3://") or not url[5:].strip("/"):
+        raise ValueError(f"SMOKE_S3_URL={url!r} is not an S3 URL: use s3://BUCKET[/PREFIX] (credentials from the "
+                         "standard AWS chain, SMOKE_S3_ENDPOINT_URL for an S3-compatible server), or unset it to use "
+                         "the embedded server")
+    return url
 
-    return s3fs.S3FileSystem(skip_instance_cache=True, **storage_options)
 
-
-def write_dataset(url: str, storage_options: dict[str, Any], *, chunks: int, chunk_mib: int) -> Any:
-    """An uncompressed uint32 array, one chunk object per row: GET bytes == array bytes."""
+# -- data -------------------------------------------------------------------------------------------
+def write_dataset(url: str, storage_options: dict[str, Any], *, chunks: int, chunk_mib: int) -> None:
     import zarr
     from zarr.storage import FsspecStore
 
@@ -83,7 +105,6 @@ def write_dataset(url: str, storage_options: dict[str, Any], *, chunks: int, chu
     arr = zarr.create_array(store=store, shape=(chunks, row), chunks=(1, row), dtype="uint32",
                             compressors=None, overwrite=True)
     arr[:] = expected_data(chunks, row)
-    return arr
 
 
 def expected_data(chunks: int, row: int) -> Any:
@@ -92,102 +113,171 @@ def expected_data(chunks: int, row: int) -> Any:
     return np.arange(chunks * row, dtype=np.uint32).reshape(chunks, row)
 
 
-def chunk_objects(fs: Any, url: str) -> list[str]:
-    """Every chunk object under the array (metadata excluded)."""
-    paths = [p for p in fs.find(url.removeprefix("s3://")) if not p.endswith(("zarr.json", ".zarray", ".zattrs"))]
-    if not paths:
+def chunk_keys(url: str, storage_options: dict[str, Any]) -> list[str]:
+    """Every chunk object's key (relative to the bucket), metadata excluded."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **storage_options)
+    prefix = url.removeprefix("s3://")
+    keys = [p.split("/", 1)[1] for p in fs.find(prefix) if not p.endswith(("zarr.json", ".zarray", ".zattrs"))]
+    if not keys:
         raise RuntimeError(f"no chunk objects found under {url}")
-    return paths
+    return keys
 
 
-def raw_parallel_get(fs: Any, paths: list[str]) -> tuple[int, float]:
-    t = time.perf_counter()
-    blobs = fs.cat(paths)  # concurrent GETs through s3fs' async client
-    seconds = time.perf_counter() - t
-    return sum(len(b) for b in blobs.values()), seconds
+# -- raw clients (the yardstick) ----------------------------------------------------------------------
+def _obstore_get(bucket: str, keys: list[str], opts: dict[str, Any]) -> Callable[[], int]:
+    from datetime import timedelta
+
+    import obstore
+    from obstore.store import S3Store
+
+    endpoint = (opts.get("client_kwargs") or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3") \
+        or os.environ.get("AWS_ENDPOINT_URL")
+    config: dict[str, Any] = {}
+    if endpoint:
+        config["endpoint"] = endpoint
+    for ours, theirs in (("key", "access_key_id"), ("secret", "secret_access_key"), ("token", "token")):
+        if opts.get(ours):
+            config[theirs] = opts[ours]
+    if opts.get("anon"):
+        config["skip_signature"] = True
+    client = {"timeout": timedelta(seconds=60), "connect_timeout": timedelta(seconds=10)}
+    if endpoint and endpoint.startswith("http://"):
+        client["allow_http"] = True
+    store = S3Store(bucket, config=config, client_options=client)
+    loop = asyncio.new_event_loop()
+
+    async def run(some: list[str]) -> int:
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(k: str) -> int:
+            async with sem:
+                return len(await (await obstore.get_async(store, k)).bytes_async())
+
+        return sum(await asyncio.gather(*(one(k) for k in some)))
+
+    loop.run_until_complete(run(keys[:1]))  # connection set up outside the timed region
+    return lambda: loop.run_until_complete(run(keys))
 
 
-def zarr_read(url: str, storage_options: dict[str, Any], concurrency: int = 64) -> tuple[int, float, Any]:
-    import zarr
-    from zarr.storage import FsspecStore
+def _s3fs_get(bucket: str, keys: list[str], opts: dict[str, Any]) -> Callable[[], int]:
+    import fsspec.asyn
+    import s3fs
 
-    with zarr.config.set({"async.concurrency": concurrency}):
-        store = FsspecStore.from_url(url, storage_options=storage_options, read_only=True)
-        arr = zarr.open_array(store=store, mode="r")
+    config = {**(opts.get("config_kwargs") or {}), "max_pool_connections": CONCURRENCY + 4}
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **{**opts, "config_kwargs": config})
+    fs.cat_file(f"{bucket}/{keys[0]}", start=0, end=1)
+
+    async def run() -> int:
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(k: str) -> int:
+            async with sem:
+                return len(await fs._cat_file(f"{bucket}/{k}"))
+
+        return sum(await asyncio.gather(*(one(k) for k in keys)))
+
+    return lambda: int(fsspec.asyn.sync(fs.loop, run))
+
+
+RAW_CLIENTS: dict[str, Callable[[str, list[str], dict[str, Any]], Callable[[], int]]] = {
+    "obstore": _obstore_get, "s3fs": _s3fs_get,
+}
+
+
+# -- the loader ---------------------------------------------------------------------------------------
+def loader_read(url: str, storage_options: dict[str, Any], reader: str, check: Any = None) -> tuple[int, float]:
+    """One epoch of the image's loader; bytes delivered and seconds (metadata opened beforehand)."""
+    import numpy as np
+
+    from zarrloader import ZarrSource, make_loader
+
+    source = ZarrSource(url, storage_options=storage_options)
+    try:
+        loader = make_loader(source, batch_size=4, shuffle=reader == "loader_shuffled", seed=0,
+                             concurrency=CONCURRENCY, pin_memory=False, return_index=check is not None)
+        loader.num_samples()  # opens metadata: not part of the timed read
+        nbytes, parts = 0, []
         t = time.perf_counter()
-        data = arr[...]
+        for batch in loader:
+            data = batch[""]
+            nbytes += data.numel() * data.element_size()
+            if check is not None:
+                parts.append((batch["index"].numpy(), data.numpy().copy()))
         seconds = time.perf_counter() - t
-    return int(data.nbytes), seconds, data
+    finally:
+        source.close()
+    if check is not None:
+        index = np.concatenate([i for i, _ in parts])
+        got = np.concatenate([d for _, d in parts])[np.argsort(index)]
+        if not np.array_equal(got, check):
+            raise AssertionError(f"the loader read back different data from what was written to {url}")
+    return nbytes, seconds
 
 
-def run_fallback(url: str, storage_options: dict[str, Any], *, chunks: int = 24, chunk_mib: int = 4,
-                 repeats: int = 3, embedded: bool = False, note: str | None = None) -> S3BenchResult:
-    """Write, then read raw and through zarr ``repeats`` times, interleaved; best of each."""
-    write_dataset(url, storage_options, chunks=chunks, chunk_mib=chunk_mib)
-    fs = _fs(storage_options)
-    paths = chunk_objects(fs, url)
-    raw_best = reader_best = 0.0
+def measure(url: str, storage_options: dict[str, Any], *, chunks: int, chunk_mib: int, repeats: int,
+            reader: str, embedded: bool) -> S3BenchResult:
+    """Raw clients and the loader ``repeats`` times each, interleaved; medians count."""
+    bucket = url.removeprefix("s3://").split("/", 1)[0]
+    keys = chunk_keys(url, storage_options)
+    raw_runs: dict[str, list[float]] = {}
+    raw_fns: dict[str, Callable[[], int]] = {}
+    skipped: list[str] = []
+    for name, make in RAW_CLIENTS.items():
+        try:
+            raw_fns[name] = make(bucket, keys, storage_options)
+        except ImportError as exc:  # a client missing from this image: say so, measure the others
+            skipped.append(f"{name}: {exc}")
+    if not raw_fns:
+        raise RuntimeError(f"no raw S3 client could be set up ({'; '.join(skipped)})")
+    expect = expected_data(chunks, chunk_mib * MIB // 4)
+    reader_runs: list[float] = []
     nbytes = 0
     for i in range(repeats):
-        nbytes, secs = raw_parallel_get(fs, paths)
-        raw_best = max(raw_best, nbytes / MIB / secs)
-        got, secs, data = zarr_read(url, storage_options)
-        if i == 0 and not (data == expected_data(chunks, chunk_mib * MIB // 4)).all():
-            raise AssertionError(f"zarr read back different data from what was written to {url}")
-        reader_best = max(reader_best, got / MIB / secs)
-        del data
-    return S3BenchResult(reader=FALLBACK_READER, url=url, embedded=embedded, objects=len(paths), nbytes=nbytes,
-                         raw_mib_per_s=raw_best, reader_mib_per_s=reader_best, ratio=reader_best / raw_best,
-                         note=note)
+        for name, fn in raw_fns.items():
+            t = time.perf_counter()
+            got = fn()
+            raw_runs.setdefault(name, []).append(got / MIB / (time.perf_counter() - t))
+            nbytes = got
+        n, secs = loader_read(url, storage_options, reader, check=expect if i == 0 else None)
+        reader_runs.append(n / MIB / secs)
+    medians = {k: statistics.median(v) for k, v in raw_runs.items()}
+    fastest = max(medians, key=lambda k: medians[k])
+    ours = statistics.median(reader_runs)
+    note = f"runs: reader {', '.join(f'{x:.0f}' for x in reader_runs)} MiB/s"
+    if skipped:
+        note += f"; raw clients not measured: {'; '.join(skipped)}"
+    return S3BenchResult(reader=f"zarrloader ({reader})", url=url, embedded=embedded, objects=len(keys),
+                         nbytes=nbytes, raw_mib_per_s=medians[fastest], reader_mib_per_s=ours,
+                         ratio=ours / medians[fastest], raw_client=fastest, raw_clients_mib_per_s=medians, note=note)
 
 
-def load_zarrloader_bench() -> tuple[Any | None, str | None]:
-    """zarrloader's benchmark entry point, or (None, why not)."""
-    try:
-        from zarrloader.bench import run_quick_benchmark
-    except Exception as exc:  # ImportError, or a half-installed package failing at import time
-        return None, f"{type(exc).__name__}: {exc}"
-    return run_quick_benchmark, None
-
-
-def _from_zarrloader(out: dict[str, Any], url: str, embedded: bool) -> S3BenchResult:
-    raw, loader = float(out["raw_mib_per_s"]), float(out["loader_mib_per_s"])
-    nbytes, chunk = int(out.get("total_bytes") or 0), int(out.get("chunk_bytes") or 0)
-    extra = {k: out[k] for k in ("concurrency", "ttfb_s", "peak_rss_mib") if out.get(k) is not None}
-    return S3BenchResult(reader=f"zarrloader ({out['reader']})" if out.get("reader") else "zarrloader", url=url,
-                         embedded=embedded, objects=nbytes // chunk if chunk else 0, nbytes=nbytes,
-                         raw_mib_per_s=raw, reader_mib_per_s=loader,
-                         ratio=float(out.get("ratio", loader / raw if raw else 0.0)),
-                         note=", ".join(f"{k}={v}" for k, v in extra.items()) or None)
-
-
-def run_benchmark(url: str, storage_options: dict[str, Any], *, embedded: bool,
-                  threshold: float | None = None) -> S3BenchResult:
-    """zarrloader's quick benchmark when importable, else the zarr+s3fs fallback.
-
-    Raw and reader are measured in the same run; a run below ``threshold`` is repeated (up to
-    ATTEMPTS runs) and the best kept: a noisy neighbour must not fail an image, a slow reader does."""
-    bench, why = load_zarrloader_bench()
-    if bench is None:
-        return run_fallback(url, storage_options, embedded=embedded, note=f"zarrloader not importable: {why}")
+def run_benchmark(url: str, storage_options: dict[str, Any], *, embedded: bool, threshold: float | None = None,
+                  chunks: int = 32, chunk_mib: int = 4, repeats: int = 3) -> S3BenchResult:
+    """Write the dataset, then measure; a measurement below ``threshold`` is repeated (up to ATTEMPTS)
+    and the best kept: a noisy neighbour must not fail an image, a slow reader still does."""
+    reader = reader_name()
+    write_dataset(url, storage_options, chunks=chunks, chunk_mib=chunk_mib)
     runs: list[S3BenchResult] = []
     while len(runs) < ATTEMPTS:
-        reader = os.environ.get(READER_ENV) or DEFAULT_READER
-        runs.append(_from_zarrloader(bench(url=url, storage_options=storage_options, reader=reader), url, embedded))
+        runs.append(measure(url, storage_options, chunks=chunks, chunk_mib=chunk_mib, repeats=repeats,
+                            reader=reader, embedded=embedded))
         if threshold is None or runs[-1].ratio >= threshold:
             break
     best = max(runs, key=lambda r: r.ratio)
     if len(runs) > 1:
-        best.note = f"{best.note + '; ' if best.note else ''}best of {len(runs)} runs (ratios " \
-                    f"{', '.join(f'{r.ratio:.2f}' for r in runs)})"
+        best.note = f"{best.note}; best of {len(runs)} measurements (ratios {', '.join(f'{r.ratio:.2f}' for r in runs)})"
     return best
 
 
 def unique_prefix(base: str) -> str:
-    return f"{base.rstrip('/')}/smoke-{uuid.uuid4().hex[:8]}"
+    return f"{check_url(base).rstrip('/')}/smoke-{uuid.uuid4().hex[:8]}"
 
 
 def cleanup(url: str, storage_options: dict[str, Any]) -> None:
-    # best effort: a read-only or anonymous bucket keeps nothing of ours anyway
+    """Remove what this run wrote (its own unique prefix only); best effort on read-only buckets."""
+    import s3fs
+
     with contextlib.suppress(Exception):
-        _fs(storage_options).rm(url.removeprefix("s3://"), recursive=True)
+        s3fs.S3FileSystem(skip_instance_cache=True, **storage_options).rm(url.removeprefix("s3://"), recursive=True)

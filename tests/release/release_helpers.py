@@ -22,8 +22,16 @@ COPY torch.txt /torch.txt
 LABEL io.pytorch-cuda.layer=torch
 FROM torch AS data
 COPY data.txt /data.txt
+COPY suite-checks.json /opt/pytorch-cuda/suite-checks.json
 LABEL io.pytorch-cuda.layer=data
 """
+# The test image's suite, recorded as `smoke --list-checks` records a real image's.
+SUITE = [("test_smoke_cuda.py::test_cuda_available_on_every_gpu", True),
+         ("test_smoke_cuda.py::test_matmul_matches_cpu_reference", True),
+         ("test_smoke_versions.py::test_torch_matches_pin", False),
+         ("test_smoke_s3.py::test_s3_zarr_read_benchmark", False)]
+H200 = {"driver": "580.159.04", "cuda_driver": "13.0",
+        "gpus": [{"index": 0, "name": "NVIDIA H200", "sm": "sm_90", "memory_mib": 143771}]}
 
 
 @dataclass
@@ -45,6 +53,8 @@ class GateImages:
         (self.ctx / "base.txt").write_text(base_content or f"base {self.name}\n")
         (self.ctx / "torch.txt").write_text("torch\n")
         (self.ctx / "data.txt").write_text(data_content + "\n")
+        (self.ctx / "suite-checks.json").write_text(json.dumps(
+            {"schema": 1, "checks": [{"name": n, "gpu": g} for n, g in SUITE]}))
         # A real dpkg database (the host's first 40 packages, to keep the SBOM step quick).
         status = Path("/var/lib/dpkg/status")
         stanzas = status.read_text().split("\n\n")[:40] if status.is_file() else []
@@ -73,19 +83,26 @@ def image_id(ref: str) -> str:
 
 
 def write_report(path: Path, image_id: str, *, passed: bool = True, mode: str = "gpu", expect: str | None = "gpu",
-                 variant: str = "cu124", failed: int = 0) -> Path:
-    """A smoke report in the schema `imagectl smoke --report` writes (only the keys the gate reads matter)."""
-    checks = [{"name": "test_cuda_available", "outcome": "passed" if mode == "gpu" else "skipped",
-               "duration_s": 0.1, "reason": None, "figures": {}},
-              {"name": "test_versions", "outcome": "passed", "duration_s": 0.1, "reason": None, "figures": {}}]
-    checks += [{"name": f"test_broken_{i}", "outcome": "failed", "duration_s": 0.1, "reason": "boom",
-                "figures": {}} for i in range(failed)]
-    summary = {"passed": sum(c["outcome"] == "passed" for c in checks), "failed": failed,
+                 variant: str = "cu124", failed: int = 0, host: dict[str, object] | None = None,
+                 checks: list[dict[str, object]] | None = None, gpu_outcome: str | None = None) -> Path:
+    """A smoke report in the schema the suite writes, over SUITE: GPU checks pass in GPU mode and skip
+    in CPU mode (or take ``gpu_outcome``); ``failed`` CPU checks fail; ``passed`` is the summary claim
+    (the gate must ignore it); ``checks`` replaces the whole list."""
+    if checks is None:
+        checks = []
+        for i, (name, gpu) in enumerate(SUITE):
+            outcome = (gpu_outcome or ("passed" if mode == "gpu" else "skipped")) if gpu else "passed"
+            if not gpu and i - 2 < failed:
+                outcome = "failed"
+            checks.append({"name": name, "outcome": outcome, "duration_s": 0.1, "gpu": gpu,
+                           "reason": "boom" if outcome == "failed" else None, "figures": {}})
+    summary = {"passed": sum(c["outcome"] == "passed" for c in checks),
+               "failed": sum(c["outcome"] == "failed" for c in checks),
                "skipped": sum(c["outcome"] == "skipped" for c in checks), "errors": 0}
     doc = {"schema": 1, "image_id": image_id, "image_ref": "test", "variant": variant,
-           "build_info": {"variant": variant}, "mode": mode, "expect": expect, "passed": passed and not failed,
-           "summary": summary, "host": {"hostname": "test"}, "checks": checks,
-           "started_at": "2026-11-30T12:00:00+00:00", "finished_at": "2026-11-30T12:01:00+00:00",
+           "build_info": {"variant": variant}, "mode": mode, "expect": expect, "passed": passed,
+           "summary": summary, "host": host if host is not None else (H200 if mode == "gpu" else {"gpus": []}),
+           "checks": checks, "started_at": "2026-11-30T12:00:00+00:00", "finished_at": "2026-11-30T12:01:00+00:00",
            "duration_s": 60.0}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2))

@@ -6,54 +6,98 @@ import json
 from pathlib import Path
 
 import pytest
-from release_helpers import write_report
+from release_helpers import SUITE, write_report
 
 from imagectl import ci_matrix
+from imagectl.gate import Expectation, choose, is_gpu_verified, reasons
 from imagectl.matrix import load_matrix
-from imagectl.push import GateRefused, Report, find_reports, gate_report, judge
+from imagectl.push import GateRefused, find_reports
+from imagectl.refs import InvalidReferenceError, parse_registry
 from imagectl.release_tags import Stamp, TagError, release_tags
+from smokesuite.report import ReportFormatError, SmokeReport, SuiteCheck, SuiteChecks
 
 ID = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64
+SUITE_CHECKS = SuiteChecks(tuple(SuiteCheck(n, g) for n, g in SUITE))
 
 
-def _report(tmp_path: Path, name: str = "r.json", **kw: object) -> Report:
-    path = write_report(tmp_path / name, kw.pop("image_id", ID), **kw)  # type: ignore[arg-type]
-    return Report(path, json.loads(path.read_text()))
+def _report(tmp_path: Path, name: str = "r.json", **kw: object) -> SmokeReport:
+    return SmokeReport.load(write_report(tmp_path / name, kw.pop("image_id", ID), **kw))  # type: ignore[arg-type]
 
 
-def test_judge(tmp_path: Path) -> None:
-    assert judge(_report(tmp_path), ID, "cu124", allow_cpu_only=False) is None
-    assert "not sha256:aaaa" in (judge(_report(tmp_path, image_id=OTHER), ID, "cu124", False) or "")
-    assert "variant 'cu118'" in (judge(_report(tmp_path, variant="cu118"), ID, "cu124", False) or "")
-    assert "did not pass" in (judge(_report(tmp_path, passed=False), ID, "cu124", False) or "")
-    assert "did not pass: 1 failed" in (judge(_report(tmp_path, failed=1), ID, "cu124", False) or "")
+def _why(report: SmokeReport, gpu: bool = True) -> str:
+    return " | ".join(reasons(report, Expectation(ID, "cu124", SUITE_CHECKS, require_gpu=gpu)))
+
+
+def test_a_complete_gpu_run_releases(tmp_path: Path) -> None:
+    r = _report(tmp_path)
+    assert _why(r) == "" and is_gpu_verified(r, SUITE_CHECKS)
+
+
+def test_refusals_are_recomputed_from_the_checks(tmp_path: Path) -> None:
+    assert "not sha256:aaaa" in _why(_report(tmp_path, image_id=OTHER))
+    assert "variant 'cu118'" in _why(_report(tmp_path, variant="cu118"))
+    # the summary claims a pass, a check failed: the check decides
+    assert "1 check(s) failed" in _why(_report(tmp_path, failed=1, passed=True))
+    # a report claiming GPU mode whose host saw no GPU
+    assert "host facts list no GPU" in _why(_report(tmp_path, host={"gpus": []}))
+    # GPU mode, but the GPU checks were skipped
+    assert "GPU check(s) did not pass" in _why(_report(tmp_path, gpu_outcome="skipped"))
     cpu = _report(tmp_path, mode="cpu", expect="cpu")
-    assert "needs a GPU run" in (judge(cpu, ID, "cu124", False) or "")
-    assert judge(cpu, ID, "cu124", allow_cpu_only=True) is None
-    # A GPU host that ran without SMOKE_EXPECT=gpu could have skipped GPU checks: not a release.
-    assert "needs a GPU run" in (judge(_report(tmp_path, expect=None), ID, "cu124", False) or "")
+    assert "a release needs a GPU run" in _why(cpu)
+    assert _why(cpu, gpu=False) == "" and not is_gpu_verified(cpu, SUITE_CHECKS)
+    # GPU host without SMOKE_EXPECT=gpu: skips would not have failed, so it is no GPU release
+    assert "a release needs a GPU run" in _why(_report(tmp_path, expect=None))
 
 
-def test_report_claiming_pass_with_failures_is_refused(tmp_path: Path) -> None:
-    r = _report(tmp_path, failed=1)
-    r.data["passed"] = True  # inconsistent report: the counts still refuse it
-    assert "did not pass" in (judge(r, ID, "cu124", False) or "")
+def test_a_hand_written_one_check_report_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fake.json"
+    path.write_text(json.dumps({"schema": 1, "image_id": ID, "variant": "cu124", "mode": "gpu", "expect": "gpu",
+                                "passed": True, "summary": {"passed": 99}, "host": {"gpus": [{"name": "H200"}]},
+                                "checks": [{"name": "test_everything", "outcome": "passed"}]}))
+    why = _why(SmokeReport.load(path))
+    assert "lacks 4 of the 4 checks" in why and "checks the image's suite does not contain (test_everything)" in why
 
 
-def test_gate_prefers_gpu_report(tmp_path: Path) -> None:
+def test_summary_fields_are_ignored_when_parsing(tmp_path: Path) -> None:
+    r = _report(tmp_path, failed=2, passed=True)
+    assert r.passed is False and r.summary["failed"] == 2
+
+
+def test_malformed_reports_name_the_key(tmp_path: Path) -> None:
+    for doc, msg in (({"schema": 2}, "schema 2"), ({"schema": 1, "mode": "tpu", "checks": []}, "mode 'tpu'"),
+                     ({"schema": 1, "mode": "gpu", "checks": [{"name": "x", "outcome": "great"}]}, "outcome 'great'"),
+                     ({"schema": 1, "mode": "gpu", "checks": "all"}, "checks must be a list")):
+        with pytest.raises(ReportFormatError, match=msg):
+            SmokeReport.from_json(doc)
+
+
+def test_gate_prefers_a_gpu_verified_report(tmp_path: Path) -> None:
     cpu, gpu = _report(tmp_path, "a.json", mode="cpu", expect="cpu"), _report(tmp_path, "b.json")
-    assert gate_report(ID, "x", "cu124", [cpu, gpu], allow_cpu_only=True, searched="") is gpu
-    with pytest.raises(GateRefused, match="no smoke report for this image ID"):
-        gate_report(ID, "x", "cu124", [], allow_cpu_only=False, searched="build")
+    chosen, _ = choose([cpu, gpu], Expectation(ID, "cu124", SUITE_CHECKS, require_gpu=False))
+    assert chosen is gpu
 
 
 def test_find_reports_skips_other_json_but_rejects_named_junk(tmp_path: Path) -> None:
     write_report(tmp_path / "r.json", ID)
     (tmp_path / "other.json").write_text('{"not": "a report"}')
-    assert [r.path.name for r in find_reports([], [tmp_path])] == ["r.json"]
-    with pytest.raises(GateRefused, match="not a smoke report"):
+    assert [Path(f.source).name for f in find_reports([], [tmp_path])] == ["r.json"]
+    with pytest.raises(GateRefused, match=r"other\.json"):
         find_reports([tmp_path / "other.json"], [])
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("http://127.0.0.1:5000", "has a scheme"), ("https://ghcr.io/acme", "has a scheme"), ("acme", "not a registry host"),
+    ("ghcr.io/Acme", "not valid"), ("ghcr.io//x", "empty path component"), ("host:99999", "not a valid host"),
+    ("", "no registry given")])
+def test_registry_references_are_validated(text: str, msg: str) -> None:
+    with pytest.raises(InvalidReferenceError, match=msg):
+        parse_registry(text)
+
+
+def test_valid_registry_references() -> None:
+    for text in ("ghcr.io/acme", "127.0.0.1:5000", "localhost:5000/team/ml", "[::1]:5000", "registry.local:443/a_b"):
+        assert str(parse_registry(text)) == text
 
 
 def test_release_tags() -> None:

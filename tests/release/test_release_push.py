@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,69 @@ def test_refused_with_failing_report(images: GateImages, registry: LocalRegistry
     write_report(tmp_path / "reports/r.json", ids["data"], failed=2)
     res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out")
     assert res.returncode == push.EXIT_REFUSED
-    assert "did not pass: 2 failed" in res.stderr and "test_broken_0" in res.stderr
+    assert "2 check(s) failed or errored" in res.stderr and "test_torch_matches_pin (failed)" in res.stderr
     assert images.name not in registry.catalog()
+
+
+def _refused(images: GateImages, registry: LocalRegistry, tmp_path: Path, *extra: str) -> str:
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--no-sbom", *extra)
+    assert res.returncode == push.EXIT_REFUSED, res.stdout + res.stderr
+    assert "nothing was pushed" in res.stderr
+    assert images.name not in registry.catalog()
+    return res.stderr
+
+
+def test_refused_when_the_summary_lies(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    """"passed": true and a check whose outcome is failed: the check decides."""
+    ids = images.build()
+    report = write_report(tmp_path / "reports/r.json", ids["data"], failed=1, passed=True)
+    doc = json.loads(report.read_text())
+    doc["summary"] = {"passed": 4, "failed": 0, "skipped": 0, "errors": 0}
+    report.write_text(json.dumps(doc))
+    assert "1 check(s) failed" in _refused(images, registry, tmp_path)
+
+
+def test_refused_hand_written_one_check_report(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    """Ten lines by hand, for an image that never ran the suite: it lacks the image's own checks."""
+    ids = images.build()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/fake.json").write_text(json.dumps({
+        "schema": 1, "image_id": ids["data"], "variant": "cu124", "mode": "gpu", "expect": "gpu",
+        "passed": True, "host": {"gpus": [{"index": 0, "name": "NVIDIA H200"}]},
+        "checks": [{"name": "test_all_good", "outcome": "passed"}]}, indent=1))
+    err = _refused(images, registry, tmp_path)
+    assert "lacks 4 of the 4 checks the image's suite contains" in err and "test_all_good" in err
+
+
+def test_refused_gpu_claim_without_a_gpu(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"], host={"driver": None, "gpus": []})
+    assert "host facts list no GPU" in _refused(images, registry, tmp_path)
+
+
+def test_refused_gpu_checks_that_did_not_run(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"], gpu_outcome="skipped")
+    assert "GPU check(s) did not pass" in _refused(images, registry, tmp_path)
+
+
+def test_refused_report_for_another_variant(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"], variant="cu126")
+    assert "variant 'cu126', not 'cu124'" in _refused(images, registry, tmp_path)
+
+
+def test_registry_with_a_scheme_is_refused_first(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"])
+    cmd = [sys.executable, "-m", "imagectl.cli", "push", "--variant", "cu124", "--registry",
+           f"http://{registry.address}", "--local-name", images.name, "--reports-dir", str(tmp_path / "reports"),
+           "--dry-run"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})  # docker never asked
+    assert res.returncode == push.EXIT_REFUSED, res.stdout + res.stderr
+    assert "has a scheme (http://)" in res.stderr and f"--registry {registry.address}" in res.stderr
+    assert "gate ok" not in res.stdout
 
 
 def test_refused_when_image_changed_after_report(images: GateImages, registry: LocalRegistry, tmp_path: Path) -> None:
