@@ -35,3 +35,8 @@ target "_data" {
   inherits = ["_common"]
   target   = "data"
 }
+
+target "_devel" {
+  inherits = ["_common"]
+  target   = "devel"
+}

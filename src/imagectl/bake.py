@@ -30,12 +30,14 @@ class BuildContext:
     # variants whose locks are current for every platform: they build from them; the others are
     # rendered unlocked (io.pytorch-cuda.locked=false), which `imagectl build` refuses without --unlocked
     locked: frozenset[str] = frozenset()
+    platform: str | None = None  # the platform an unlocked build resolves for (locked: the lock's)
 
     @classmethod
     def detect(cls, matrix: Matrix, os_image: str | None = None, python: str | None = None,
-               registry: str = "", unlocked: bool = False) -> BuildContext:
+               registry: str = "", unlocked: bool = False, platform: str | None = None) -> BuildContext:
         python = python or matrix.image.python
         return cls(
+            platform=platform,
             os_image=os_image or matrix.image.os_image,
             python=python,
             git_sha=git_sha(),
@@ -47,10 +49,11 @@ class BuildContext:
 
 def lockable(matrix: Matrix) -> frozenset[str]:
     """Variants with a current lock for every layer and platform."""
-    from imagectl.locks import variant_locked
+    from imagectl.locks import check_tools_lock, variant_locked
 
     return frozenset(v.name for v in matrix.variants.values()
-                     if all(s.state == "ok" for p in v.platforms for s in variant_locked(matrix, v, p)))
+                     if all(s.state == "ok" for p in v.platforms for s in variant_locked(matrix, v, p))
+                     and all(check_tools_lock(matrix, p).state == "ok" for p in v.platforms))
 
 
 def commit_date() -> str:
@@ -81,9 +84,14 @@ def _json(data: dict[str, Any]) -> str:
 
 def build_args(matrix: Matrix, variant: Variant, ctx: BuildContext) -> dict[str, str]:
     """Every build arg of every stage. Each stage declares only the ones it uses."""
-    data_info = matrix.build_info(variant, "data") | {"git_sha": ctx.git_sha, "build_date": ctx.created,
-                                                      "python": ctx.python, "os_image": ctx.os_image}
-    return {
+    stamp = {"git_sha": ctx.git_sha, "build_date": ctx.created, "python": ctx.python, "os_image": ctx.os_image}
+    data_info = matrix.build_info(variant, "data") | stamp
+    devel = {}
+    if "devel" in matrix.layers_of(variant):
+        devel = {"DEVEL_REQUIREMENTS": " ".join(variant.devel_requirements()),
+                 "DEVEL_DEBS": " ".join(variant.devel_packages()), "DEVEL_ARCH_LIST": variant.devel_arch_list,
+                 "BUILD_INFO_DEVEL": _json(matrix.build_info(variant, "devel") | stamp)}
+    return devel | {
         "OS_IMAGE": ctx.os_image,
         "PYTHON_VERSION": ctx.python,
         "USER_NAME": matrix.image.user,
@@ -91,9 +99,8 @@ def build_args(matrix: Matrix, variant: Variant, ctx: BuildContext) -> dict[str,
         "NVIDIA_REQUIRE_CUDA": variant.nvidia_require_cuda,
         "TORCH_INDEX_URL": variant.index_url,
         "CUDA_WHEELS": " ".join(variant.wheel_requirements()),
-        "TORCH_REQUIREMENTS": " ".join(matrix.torch_requirements(variant)),
+        "TORCH_REQUIREMENTS": " ".join(matrix.torch_requirements(variant, ctx.platform)),
         "DATA_REQUIREMENTS": " ".join(matrix.data_requirements()),
-        "UV_REQUIREMENT": f"uv=={matrix.build_tools['uv']}",
         # locked builds install images/locks/<variant>/<layer>.<os>-<arch>.txt (--require-hashes,
         # --no-deps); unlocked ones resolve the pins above at build time
         "LOCKED": "true" if variant.name in ctx.locked else "false",
@@ -106,7 +113,8 @@ def build_args(matrix: Matrix, variant: Variant, ctx: BuildContext) -> dict[str,
 
 def labels(matrix: Matrix, variant: Variant, layer: str, ctx: BuildContext) -> dict[str, str]:
     titles = {"base": "CUDA runtime + Python", "torch": "CUDA runtime + PyTorch",
-              "data": "CUDA runtime + PyTorch + Zarr/object-storage data stack"}
+              "data": "CUDA runtime + PyTorch + Zarr/object-storage data stack",
+              "devel": "CUDA compiler and headers + PyTorch + data stack (builds CUDA extensions)"}
     out = {
         "org.opencontainers.image.title": f"{matrix.image.name} {variant.name} {layer}",
         "org.opencontainers.image.description": f"{titles[layer]} (CUDA {variant.cuda})",
@@ -125,7 +133,7 @@ def labels(matrix: Matrix, variant: Variant, layer: str, ctx: BuildContext) -> d
         f"{LABEL_NS}.driver-min": variant.driver_min,
         f"{LABEL_NS}.locked": "true" if variant.name in ctx.locked else "false",
     }
-    if layer in ("torch", "data"):
+    if layer in ("torch", "data", "devel"):
         out.update({f"{LABEL_NS}.{pkg}": ver for pkg, ver in matrix.torch.items()})
     return out
 
@@ -136,7 +144,7 @@ def render(matrix: Matrix, ctx: BuildContext) -> dict[str, Any]:
     groups: dict[str, Any] = {}
     for v in matrix.variants.values():
         args = build_args(matrix, v, ctx)
-        for layer in LAYERS:
+        for layer in matrix.layers_of(v):
             targets[target_name(v, layer)] = {
                 "inherits": [f"_{layer}"],
                 "platforms": list(v.platforms),
@@ -144,7 +152,7 @@ def render(matrix: Matrix, ctx: BuildContext) -> dict[str, Any]:
                 "tags": matrix.image_refs(v, layer, ctx.registry),
                 "labels": labels(matrix, v, layer, ctx),
             }
-        groups[v.name] = {"targets": [target_name(v, layer) for layer in LAYERS]}
+        groups[v.name] = {"targets": [target_name(v, layer) for layer in matrix.layers_of(v)]}
     groups["default"] = {"targets": [target_name(matrix.variant(), "data")]}
     groups["all"] = {"targets": list(targets)}
     return {"group": groups, "target": targets}
@@ -166,16 +174,21 @@ def write_plan(matrix: Matrix, ctx: BuildContext, path: Path = GENERATED) -> Pat
 def check_targets(matrix: Matrix, plan: dict[str, Any], targets: list[str]) -> None:
     """Every name must be a target or group of the plan; otherwise the matrix's own advice
     (an unsupported variant such as cu121 says why and what to use) instead of buildx's raw error."""
+    import difflib
+
     from imagectl.matrix import MatrixError
 
     known = set(plan["target"]) | set(plan["group"])
     for t in targets:
         if t in known:
             continue
-        name = t.rsplit("-", 1)[0] if t.rsplit("-", 1)[-1] in LAYERS else t
-        matrix.variant(name)  # raises UnknownVariantError with advice
-        raise MatrixError(f"unknown bake target {t!r}: targets are VARIANT-LAYER (e.g. {matrix.default_variant}-data), "
-                          f"groups are all, default and the variant names")
+        name, _, layer = t.rpartition("-")
+        if not layer or layer in LAYERS or t in matrix.unsupported:
+            matrix.variant(name if layer in LAYERS else t)  # unknown/unsupported variant: the matrix's advice
+        hint = difflib.get_close_matches(t, sorted(known), n=1)
+        raise MatrixError(f"unknown bake target {t!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}: targets are "
+                          f"VARIANT-LAYER (e.g. {matrix.default_variant}-data), groups are all, default and the "
+                          "variant names")
 
 
 def bake_command(plan: Path, targets: list[str], *extra: str) -> list[str]:

@@ -43,8 +43,13 @@ def resolve_targets(matrix: Matrix, req: BuildRequest) -> list[str]:
     if req.layer not in (*LAYERS, "all"):
         raise SystemExit(f"imagectl: error: unknown TARGET '{req.layer}': choose one of {', '.join(LAYERS)}, all")
     names = list(matrix.variants) if req.variants == ("all",) else list(req.variants or (matrix.default_variant,))
-    layers = LAYERS if req.layer == "all" else (req.layer,)
-    return [target_name(matrix.variant(name), layer) for name in names for layer in layers]
+    targets = []
+    for name in names:
+        v = matrix.variant(name)
+        if req.layer != "all":
+            matrix.require_layer(v, req.layer)  # e.g. TARGET=devel of cu118: says why there is none
+        targets += [target_name(v, layer) for layer in (matrix.layers_of(v) if req.layer == "all" else (req.layer,))]
+    return targets
 
 
 def ensure_os_image(ref: str) -> None:
@@ -92,7 +97,7 @@ def require_locks(matrix: Matrix, targets: list[str], ctx: BuildContext) -> None
 def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
     targets = resolve_targets(matrix, req)
     ctx = BuildContext.detect(matrix, os_image=req.os_image, python=req.python, registry=req.registry,
-                              unlocked=req.unlocked)
+                              unlocked=req.unlocked, platform=req.platform or native_platform())
     if not req.unlocked:
         require_locks(matrix, targets, ctx)
     platform = req.platform or native_platform()

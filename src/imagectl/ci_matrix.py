@@ -42,6 +42,9 @@ def build(matrix: Matrix, only: list[str] | None = None) -> dict[str, Any]:
                 "torch_image": refs["torch"],
                 "base_image": refs["base"],
                 "bake_group": v.name,  # docker buildx bake group: the variant's base, torch and data targets
+                # several platforms: each releases its own -<arch> tags, `imagectl manifest` joins them
+                "tag_suffix": f"-{platform.split('/')[1]}" if len(v.platforms) > 1 else "",
+                "multi_platform": len(v.platforms) > 1,
             })
     return {"include": include}
 

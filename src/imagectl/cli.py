@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "smoke": "imagectl.smoke",
     "push": "imagectl.push",
     "release": "imagectl.release",
+    "manifest": "imagectl.manifest",
     "diff": "imagectl.diff",
     "size": "imagectl.size",
     "verify": "imagectl.verify",

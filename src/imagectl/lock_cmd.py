@@ -28,12 +28,15 @@ from imagectl.locks import (
     LockError,
     LockStatus,
     check_lock,
+    check_tools_lock,
     inputs_for,
     layer_requirements,
     lock_path,
     normalize,
     parse,
     render,
+    tools_inputs,
+    tools_lock_path,
     upper_pins,
 )
 from imagectl.matrix import LAYERS, REPO_ROOT, Matrix, Variant, load_matrix
@@ -112,12 +115,12 @@ def lock_variant(matrix: Matrix, variant: Variant, platform: str, uv: Path, root
                  log: object = print) -> list[Path]:
     """Lock base, torch, data of one variant for one platform; returns the files written."""
     written = []
-    for layer in LAYERS:
+    for layer in matrix.layers_of(variant):
         t0 = time.monotonic()
-        reqs, index = layer_requirements(matrix, variant, layer)
-        lowers = [lock_path(variant.name, lo, platform, root) for lo in LAYERS[: LAYERS.index(layer)]]
+        reqs, index = layer_requirements(matrix, variant, layer, platform)
+        lowers = [lock_path(variant.name, lo, platform, root) for lo in LAYERS[: LAYERS.index(layer)]]  # all exist: bottom up
         lower_names = {n for p in lowers for n in parse(p).pins}
-        ups = upper_pins(matrix, variant, layer)
+        ups = upper_pins(matrix, variant, layer, platform)
         applied: list[str] = []
         # Fixed point: an upper layer's pin applies where this layer's resolution holds the package.
         for _ in range(4):
@@ -145,8 +148,25 @@ def lock_variant(matrix: Matrix, variant: Variant, platform: str, uv: Path, root
     return written
 
 
+def lock_tools(matrix: Matrix, platform: str, uv: Path, root: Path = LOCK_ROOT, log: object = print) -> Path:
+    """The build's own uv (the Dockerfile's `tools` stage), hash-locked like a layer."""
+    inputs = tools_inputs(matrix, platform)
+    body = _uv_compile(uv, list(inputs.requirements), [], [], "", matrix.image.python, platform)
+    path = tools_lock_path(platform, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(inputs, body))
+    log(f"locked {_rel(path)}")  # type: ignore[operator]
+    return path
+
+
+def platforms_of(variants: list[Variant]) -> list[str]:
+    return list(dict.fromkeys(p for v in variants for p in v.platforms))
+
+
 def check_all(matrix: Matrix, variants: list[Variant], root: Path = LOCK_ROOT) -> list[LockStatus]:
-    return [check_lock(matrix, v, layer, p, root) for v in variants for p in v.platforms for layer in LAYERS]
+    return ([check_tools_lock(matrix, p, root) for p in platforms_of(variants)]
+            + [check_lock(matrix, v, layer, p, root) for v in variants for p in v.platforms
+               for layer in matrix.layers_of(v)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +198,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     failed = 0
     skipped: list[Unreachable] = []
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    for platform in args.platform or platforms_of(variants):
+        try:
+            lock_tools(matrix, platform, uv, args.locks_dir, log=log)
+        except LockError as exc:
+            print(f"imagectl lock: error: build tools ({platform}): {exc}", file=sys.stderr)
+            failed += 1
     for v in variants:
         why = index_reachable(v.index_url)
         if why is not None:
@@ -189,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{', '.join(v.platforms)})", file=sys.stderr)
                 return 2
             try:
-                lock_variant(matrix, v, platform, uv, args.locks_dir, log=lambda m: print(m, file=sys.stderr))
+                lock_variant(matrix, v, platform, uv, args.locks_dir, log=log)
             except LockError as exc:
                 print(f"imagectl lock: error: {v.name} ({platform}): {exc}", file=sys.stderr)
                 failed += 1
@@ -209,7 +236,7 @@ def _check(matrix: Matrix, variants: list[Variant], args: argparse.Namespace) ->
     missing = [s for s in statuses if s.state == "missing"]
     for s in statuses:
         detail = f": {s.detail}" if s.detail else ""
-        if s.state == "missing":
+        if s.state == "missing" and s.variant != "build-tools":
             v = matrix.variant(s.variant)
             detail = (f": not locked (its wheel index {v.index_url} is only reachable where the workflow runs; "
                       f"there: imagectl lock --variant {s.variant}; a build without a lock needs --unlocked)"

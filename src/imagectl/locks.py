@@ -73,14 +73,44 @@ class LockInputs:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def layer_requirements(matrix: Matrix, variant: Variant, layer: str) -> tuple[list[str], str]:
-    """(top-level pins, index URL) a layer installs, both from the matrix alone."""
+# The build's own tool (uv, in the Dockerfile's `tools` stage, in no image) is locked like a layer.
+TOOLS = "build-tools"
+
+
+def tools_lock_path(platform: str, root: Path = LOCK_ROOT) -> Path:
+    return root / TOOLS / f"uv.{platform_slug(platform)}.txt"
+
+
+def tools_inputs(matrix: Matrix, platform: str) -> LockInputs:
+    return LockInputs(variant=TOOLS, layer="uv", platform=platform, python=matrix.image.python,
+                      resolver=f"uv {matrix.build_tools['uv']}", index_url="",
+                      requirements=(f"uv=={matrix.build_tools['uv']}",))
+
+
+def check_tools_lock(matrix: Matrix, platform: str, root: Path = LOCK_ROOT) -> LockStatus:
+    path = tools_lock_path(platform, root)
+    if not path.is_file():
+        return LockStatus(TOOLS, "uv", platform, path, "missing")
+    try:
+        lock = parse(path)
+    except LockError as exc:
+        return LockStatus(TOOLS, "uv", platform, path, "malformed", str(exc))
+    want = tools_inputs(matrix, platform)
+    if lock.inputs_digest != want.digest:
+        return LockStatus(TOOLS, "uv", platform, path, "stale", "; ".join(_differences(lock, want)))
+    return LockStatus(TOOLS, "uv", platform, path, "ok")
+
+
+def layer_requirements(matrix: Matrix, variant: Variant, layer: str, platform: str | None = None) -> tuple[list[str], str]:
+    """(top-level pins, index URL) a layer installs on ``platform``, both from the matrix alone."""
     if layer == "base":
         return variant.wheel_requirements(), variant.index_url
     if layer == "torch":
-        return matrix.torch_requirements(variant), variant.index_url
+        return matrix.torch_requirements(variant, platform), variant.index_url
     if layer == "data":
         return matrix.data_requirements(), ""
+    if layer == "devel":
+        return variant.devel_requirements(), ""
     raise LockError(f"unknown layer {layer!r}: choose one of {', '.join(LAYERS)}")
 
 
@@ -88,11 +118,12 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def upper_pins(matrix: Matrix, variant: Variant, layer: str) -> dict[str, str]:
+def upper_pins(matrix: Matrix, variant: Variant, layer: str, platform: str | None = None) -> dict[str, str]:
     """Normalised name -> pin of every layer above ``layer``."""
     out: dict[str, str] = {}
-    for upper in LAYERS[LAYERS.index(layer) + 1 :]:
-        for req in layer_requirements(matrix, variant, upper)[0]:
+    layers = matrix.layers_of(variant)
+    for upper in layers[layers.index(layer) + 1 :]:
+        for req in layer_requirements(matrix, variant, upper, platform)[0]:
             out[normalize(req.split("==")[0])] = req
     return out
 
@@ -101,14 +132,14 @@ def inputs_for(matrix: Matrix, variant: Variant, layer: str, platform: str, root
                present: set[str] | None = None) -> LockInputs:
     """What the lock of ``layer`` must have been made from today. The locks below must exist.
     ``present``: normalised names the layer's resolution holds (default: those in its lock file)."""
-    reqs, index = layer_requirements(matrix, variant, layer)
+    reqs, index = layer_requirements(matrix, variant, layer, platform)
     if present is None:
         p = lock_path(variant.name, layer, platform, root)
         present = set(parse(p).pins) if p.is_file() else set()
-    ups = upper_pins(matrix, variant, layer)
+    ups = upper_pins(matrix, variant, layer, platform)
     constraints = tuple(sorted(ups[n] for n in present if n in ups))
     below = []
-    for lower in LAYERS[: LAYERS.index(layer)]:
+    for lower in LAYERS[: LAYERS.index(layer)]:  # devel sits on data, data on torch, torch on base
         p = lock_path(variant.name, lower, platform, root)
         if not p.is_file():
             raise LockError(f"{p.relative_to(root.parent.parent) if root.is_relative_to(REPO_ROOT) else p} "
@@ -267,4 +298,4 @@ def check_lock(matrix: Matrix, variant: Variant, layer: str, platform: str, root
 
 
 def variant_locked(matrix: Matrix, variant: Variant, platform: str, root: Path = LOCK_ROOT) -> list[LockStatus]:
-    return [check_lock(matrix, variant, layer, platform, root) for layer in LAYERS]
+    return [check_lock(matrix, variant, layer, platform, root) for layer in matrix.layers_of(variant)]

@@ -16,7 +16,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MATRIX = REPO_ROOT / "images" / "matrix.toml"
-LAYERS = ("base", "torch", "data")
+# Every layer kind, bottom up. devel exists only for variants with a [variants.X.devel] table
+# (Matrix.layers_of); the others always.
+LAYERS = ("base", "torch", "data", "devel")
 # What the images promise in their data layer (README, DESIGN): a matrix without one is refused.
 PROMISED_DATA_STACK = ("torchdata", "zarr", "fsspec", "s3fs", "gcsfs", "nvidia-ml-py")
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -54,6 +56,7 @@ class TagTemplates:
     torch: tuple[str, ...]
     base: tuple[str, ...]
     default: tuple[str, ...]
+    devel: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,15 @@ class Variant:
     nvidia_require_cuda: str
     wheels: Mapping[str, str]
     platforms: tuple[str, ...] = ("linux/amd64",)
+    # devel layer: the Debian packages of exactly this CUDA's compiler, the wheels it adds (locked
+    # like every layer) and the TORCH_CUDA_ARCH_LIST used when no GPU is visible
+    devel: Mapping[str, str] = field(default_factory=dict)  # wheel pins (empty: no devel layer)
+    devel_debs: Mapping[str, str] = field(default_factory=dict)
+    devel_arch_list: str = ""
+    no_devel: str = ""  # why this variant has no devel image (when `devel` is empty)
+    # platform -> {package: exact version}: torch-layer pins that differ there (e.g. CPU-only
+    # torchvision on arm64, where no +cuXYZ build exists)
+    platform_torch: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def driver_floor_major(self) -> int:
@@ -76,6 +88,13 @@ class Variant:
 
     def wheel_requirements(self) -> list[str]:
         return [f"{pkg}=={ver}" for pkg, ver in self.wheels.items()]
+
+    def devel_requirements(self) -> list[str]:
+        return [f"{pkg}=={ver}" for pkg, ver in self.devel.items()]
+
+    def devel_packages(self) -> list[str]:
+        """Debian packages pinned exactly (apt's `name=version`)."""
+        return [f"{pkg}={ver}" for pkg, ver in self.devel_debs.items()]
 
 
 @dataclass(frozen=True)
@@ -117,18 +136,29 @@ class Matrix:
             f"(default {self.default_variant}); they are defined in {self.path.name}."
         )
 
-    def torch_requirements(self, variant: Variant) -> list[str]:
-        """torch, torchvision, torchaudio pinned exactly, with the variant's local version."""
+    def torch_requirements(self, variant: Variant, platform: str | None = None) -> list[str]:
+        """torch, torchvision, torchaudio pinned exactly, with the variant's local version; a
+        platform's own pins (``platform_torch``) replace them there, exactly as written."""
         suffix = f"+{variant.local_version}" if variant.local_version else ""
-        return [f"{pkg}=={ver}{suffix}" for pkg, ver in self.torch.items()]
+        own = variant.platform_torch.get(platform or "", {})
+        return [f"{pkg}=={own[pkg]}" if pkg in own else f"{pkg}=={ver}{suffix}" for pkg, ver in self.torch.items()]
 
     def data_requirements(self) -> list[str]:
         return [f"{pkg}=={ver}" for pkg, ver in self.data_stack.items()]
 
-    def tags_for(self, variant: Variant, layer: str) -> list[str]:
-        """Tags (without registry) of one variant's layer image."""
+    def layers_of(self, variant: Variant) -> tuple[str, ...]:
+        """The layers this variant is built in, bottom up."""
+        return LAYERS if variant.devel else LAYERS[:3]
+
+    def require_layer(self, variant: Variant, layer: str) -> None:
         if layer not in LAYERS:
             raise MatrixError(f"unknown layer '{layer}': choose one of {', '.join(LAYERS)}")
+        if layer not in self.layers_of(variant):
+            raise MatrixError(f"variant {variant.name} has no {layer} image: {variant.no_devel or 'no devel pins'}")
+
+    def tags_for(self, variant: Variant, layer: str) -> list[str]:
+        """Tags (without registry) of one variant's layer image."""
+        self.require_layer(variant, layer)
         templates = list(getattr(self.tags, layer))
         if layer == "data" and variant.name == self.default_variant:
             templates += list(self.tags.default)
@@ -157,10 +187,14 @@ class Matrix:
             "nvidia_require_cuda": variant.nvidia_require_cuda,
             "wheels": dict(variant.wheels),
         }
-        if layer in ("torch", "data"):
+        if layer in ("torch", "data", "devel"):
             info.update({pkg: ver for pkg, ver in self.torch.items()})
-        if layer == "data":
+        if layer in ("data", "devel"):
             info["data_stack"] = dict(self.data_stack)
+        if layer == "devel":
+            info["devel"] = dict(variant.devel)
+            info["devel_debs"] = dict(variant.devel_debs)
+            info["devel_arch_list"] = variant.devel_arch_list
         return info
 
     def to_json(self) -> dict[str, Any]:
@@ -177,7 +211,8 @@ class Matrix:
             "build_tools": dict(self.build_tools),
             "variants": {
                 name: {**asdict(v), "wheels": dict(v.wheels), "platforms": list(v.platforms),
-                       "tags": {layer: self.tags_for(v, layer) for layer in LAYERS}}
+                       "devel": dict(v.devel), "layers": list(self.layers_of(v)),
+                       "tags": {layer: self.tags_for(v, layer) for layer in self.layers_of(v)}}
                 for name, v in self.variants.items()
             },
             "unsupported": {name: asdict(u) for name, u in self.unsupported.items()},
@@ -189,10 +224,14 @@ class Matrix:
 _TOP_KEYS = {"schema", "default_variant", "image", "tags", "torch", "data_stack", "build_tools", "variants",
              "unsupported"}
 _IMAGE_KEYS = {"name", "os_image", "python", "user", "uid", "series", "source", "licenses"}
-_TAG_KEYS = {"data", "torch", "base", "default"}
+_TAG_KEYS = {"data", "torch", "base", "default", "devel"}
 _TORCH_KEYS = {"torch", "torchvision", "torchaudio"}
 _VARIANT_KEYS = {"cuda", "index_url", "local_version", "cudnn", "nccl", "cudart", "driver_min",
-                 "nvidia_require_cuda", "wheels", "platforms"}
+                 "nvidia_require_cuda", "wheels", "platforms", "devel", "no_devel", "platform_torch"}
+_VARIANT_OPTIONAL = {"platforms", "devel", "no_devel", "platform_torch"}
+_DEVEL_KEYS = {"debian", "wheels", "arch_list"}
+_DEB_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$")
+_ARCH_LIST = re.compile(r"^\d+\.\d+(\+PTX)?(;\d+\.\d+(\+PTX)?)*$")
 _UNSUPPORTED_KEYS = {"reason", "advice"}
 
 
@@ -242,9 +281,37 @@ def _platforms(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _devel(where: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    _check_keys(where, raw, _DEVEL_KEYS)
+    debs = raw["debian"]
+    if not isinstance(debs, dict) or not debs:
+        raise MatrixError(f"{where}.debian: expected {{ package = \"exact Debian version\" }}")
+    for pkg, ver in debs.items():
+        _str(f"{where}.debian.{pkg}", ver, _DEB_VERSION, "exact Debian version")
+    return {"devel": _pins(f"{where}.wheels", raw["wheels"]), "devel_debs": dict(debs),
+            "devel_arch_list": _str(f"{where}.arch_list", raw["arch_list"], _ARCH_LIST,
+                                    "TORCH_CUDA_ARCH_LIST (e.g. 8.0;9.0+PTX)")}
+
+
+def _platform_torch(where: str, raw: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(raw, dict):
+        raise MatrixError(f"{where}.platform_torch: expected tables such as [{where}.platform_torch.\"linux/arm64\"]")
+    out = {}
+    for platform, pins in raw.items():
+        table = _pins(f"{where}.platform_torch.{platform}", pins)
+        bad = sorted(set(table) - _TORCH_KEYS)
+        if bad:
+            raise MatrixError(f"{where}.platform_torch.{platform}: {bad} are not torch-layer packages "
+                              f"({', '.join(sorted(_TORCH_KEYS))})")
+        out[platform] = table
+    return out
+
+
 def _variant(name: str, raw: Any) -> Variant:
     where = f"variants.{name}"
-    _check_keys(where, raw, _VARIANT_KEYS, required=_VARIANT_KEYS - {"platforms"})
+    _check_keys(where, raw, _VARIANT_KEYS, required=_VARIANT_KEYS - _VARIANT_OPTIONAL)
     if not _NAME.match(name):
         raise MatrixError(f"{where}: '{name}' is not a valid variant name (lowercase, digits, . _ -)")
     wheels = _pins(f"{where}.wheels", raw["wheels"])
@@ -261,7 +328,17 @@ def _variant(name: str, raw: Any) -> Variant:
                                  "NVIDIA_REQUIRE_CUDA value (e.g. 'cuda>=12.0')"),
         wheels=wheels,
         platforms=_platforms(where, raw.get("platforms", ["linux/amd64"])),
+        **_devel(f"{where}.devel", raw.get("devel")),
+        no_devel=_str(f"{where}.no_devel", raw.get("no_devel", "")),
+        platform_torch=_platform_torch(where, raw.get("platform_torch", {})),
     )
+    for p in v.platform_torch:
+        if p not in v.platforms:
+            raise MatrixError(f"{where}.platform_torch: {p!r} is not one of the variant's platforms {list(v.platforms)}")
+    if v.devel and v.no_devel:
+        raise MatrixError(f"{where}: has both a devel table and no_devel; keep one")
+    if not v.devel and not v.no_devel:
+        raise MatrixError(f"{where}: no devel table: say why in no_devel = \"...\" (users see it)")
     if v.index_url and not v.index_url.startswith("https://"):
         raise MatrixError(f"{where}.index_url: {v.index_url!r} must be an https:// URL or empty")
     # The headline pins must be the ones the runtime wheels actually install.
@@ -302,10 +379,10 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
                           "(use e.g. \"ml\"; derived images may switch to root where they need to)")
     if tuple(int(x) for x in image.python.split(".")) < (3, 12):
         raise MatrixError(f"image.python: {image.python} is too old; images need >= 3.12 (zarr >= 3.2)")
-    _check_keys("tags", raw["tags"], _TAG_KEYS)
+    _check_keys("tags", raw["tags"], _TAG_KEYS, required=_TAG_KEYS - {"devel"})
     tag_lists: dict[str, tuple[str, ...]] = {}
     for key in sorted(_TAG_KEYS):
-        value = raw["tags"][key]
+        value = raw["tags"].get(key, [])
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise MatrixError(f"tags.{key}: expected a list of tag templates")
         tag_lists[key] = tuple(value)
@@ -342,7 +419,7 @@ def parse_matrix(raw: dict[str, Any], path: Path = DEFAULT_MATRIX) -> Matrix:
 def _check_tags(matrix: Matrix) -> None:
     seen: dict[str, str] = {}
     for v in matrix.variants.values():
-        for layer in LAYERS:
+        for layer in matrix.layers_of(v):
             try:
                 tags = matrix.tags_for(v, layer)
             except (KeyError, IndexError, ValueError) as exc:

@@ -27,7 +27,7 @@ from typing import Any
 
 from imagectl.docker import DockerError, ImageInfo, inspect_image, require_engine
 from imagectl.gate import Expectation, GateRefused, choose, is_gpu_verified, suite_checks_of
-from imagectl.matrix import LAYERS, REPO_ROOT, Matrix, Variant, load_matrix
+from imagectl.matrix import REPO_ROOT, Matrix, Variant, load_matrix
 from imagectl.refs import InvalidReferenceError, Registry, image_ref, parse_registry, validate_repository
 from imagectl.registry import RegistryError, manifest_info
 from imagectl.release_tags import Stamp, TagError, release_tags
@@ -112,7 +112,7 @@ class ReleasePlan:
     registry: str
     repository: str
     images: tuple[LayerRelease, ...]
-    immutable_ref: str | None
+    immutable_refs: tuple[str, ...]  # the stamped tags (data, devel): never moved
 
 
 def _layers_prefix(inner: ImageInfo, outer: ImageInfo) -> bool:
@@ -151,11 +151,11 @@ def local_image(matrix: Matrix, variant: Variant, layer: str, local_name: str) -
     return ref, image
 
 
-def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, layers: tuple[str, ...] = LAYERS,
+def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, layers: tuple[str, ...] | None = None,
                  repository: str | None = None, local_name: str | None = None,
                  report_files: list[Path] | None = None, report_dirs: list[Path] | None = None,
                  reports: list[FoundReport] | None = None, allow_cpu_only: bool = False,
-                 suite: SuiteChecks | None = None, docker: str = "docker") -> ReleasePlan:
+                 suite: SuiteChecks | None = None, docker: str = "docker", tag_suffix: str = "") -> ReleasePlan:
     """Gate every requested layer; GateRefused (nothing pushed) at the first image that may not go out.
 
     ``reports``: reports already in hand (``imagectl release``); otherwise files and folders are searched.
@@ -163,9 +163,11 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
     variant = matrix.variant(variant_name)
     repository = repository or matrix.image.name
     reg = check_destination(registry, repository)
+    layers = layers or matrix.layers_of(variant)
     for layer in layers:
-        if layer not in LAYERS:
-            raise GateRefused(f"unknown layer {layer!r}: choose from {', '.join(LAYERS)}")
+        if layer not in matrix.layers_of(variant):
+            raise GateRefused(f"layer {layer!r} is not released for {variant.name}: choose from "
+                              f"{', '.join(matrix.layers_of(variant))}")
     local_name = local_name or matrix.image.name
     if reports is None:
         dirs = [Path(d) for d in (report_dirs if report_dirs is not None else DEFAULT_REPORT_DIRS)]
@@ -174,12 +176,22 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
     else:
         searched = "the run just made"
 
-    # The data image is always gated: the torch and base images are released on its report.
+    # The data image is always gated: the torch and base images are released on its report. A devel
+    # image carries the suite too and is gated by a report of its own.
     data_ref, data_image = local_image(matrix, variant, "data", local_name)
-    suite = suite or suite_checks_of(data_image.id, docker=docker)
-    want = Expectation(image_id=data_image.id, variant=variant.name, suite=suite, require_gpu=not allow_cpu_only)
-    found = gate_report(data_image, data_ref, want, reports, searched)
-    gpu = is_gpu_verified(found.report, suite)
+    gated: dict[str, tuple[str, ImageInfo, FoundReport, bool]] = {}
+    for layer in ("data", "devel"):
+        if layer != "data" and layer not in layers:
+            continue
+        ref, image = (data_ref, data_image) if layer == "data" else local_image(matrix, variant, layer, local_name)
+        if layer == "devel" and not _layers_prefix(data_image, image):
+            raise GateRefused(f"refusing to push {ref} ({image.id[:19]}): it is not built on {data_ref} "
+                              f"({data_image.id[:19]}); rebuild the variant in one go (make build TARGET=all)")
+        checks = suite if suite is not None and layer == "data" else suite_checks_of(image.id, docker=docker)
+        want = Expectation(image_id=image.id, variant=variant.name, suite=checks, require_gpu=not allow_cpu_only)
+        found = gate_report(image, ref, want, reports, searched)
+        gated[layer] = (ref, image, found, is_gpu_verified(found.report, checks))
+    found, gpu = gated["data"][2], gated["data"][3]
     try:
         stamp = Stamp.from_labels(data_image.labels)
     except TagError as exc:
@@ -187,10 +199,12 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
 
     out: list[LayerRelease] = []
     for layer in layers:
-        if layer == "data":
-            ref, image, basis = data_ref, data_image, f"smoke report {found.source} for image ID {data_image.id}"
+        if layer in gated:
+            ref, image, own, own_gpu = gated[layer]
+            basis = f"smoke report {own.source} for image ID {image.id}"
         else:
             ref, image = local_image(matrix, variant, layer, local_name)
+            own, own_gpu = found, gpu
             if not _layers_prefix(image, data_image):
                 raise GateRefused(
                     f"refusing to push {ref} ({image.id[:19]}): its layers are not contained in {data_ref} "
@@ -199,13 +213,15 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
                 )
             basis = (f"its layers are a prefix of data image {data_image.id}, which passed smoke report "
                      f"{found.source}")
-        tags = release_tags(matrix, variant, layer, stamp if layer == "data" else None, gpu_verified=gpu)
+        tags = release_tags(matrix, variant, layer, stamp if layer in gated else None, gpu_verified=own_gpu)
+        # one architecture of a multi-platform variant: its own tags; `imagectl manifest` joins them
+        tags = [t + tag_suffix for t in tags]
         try:
             refs = tuple(image_ref(reg, repository, t) for t in tags)
         except InvalidReferenceError as exc:
             raise GateRefused(str(exc)) from None
-        out.append(LayerRelease(layer, ref, image, found, basis, gpu, refs))
-    immutable = next((img.refs[-1] for img in out if img.layer == "data"), None)
+        out.append(LayerRelease(layer, ref, image, own, basis, own_gpu, refs))
+    immutable = tuple(img.refs[-1] for img in out if img.layer in gated)
     return ReleasePlan(variant.name, str(reg), repository, tuple(out), immutable)
 
 
@@ -230,19 +246,18 @@ def _docker(docker: str, *args: str, timeout: float = 3600) -> subprocess.Comple
 
 def preflight(plan: ReleasePlan, docker: str = "docker") -> None:
     """An immutable tag is never moved: refuse if it already names another image in the registry."""
-    if plan.immutable_ref is None:
-        return
-    data = next(img for img in plan.images if img.layer == "data")
-    try:
-        existing = manifest_info(plan.immutable_ref, docker=docker)
-    except RegistryError as exc:
-        raise GateRefused(f"refusing to push: cannot check the immutable tag: {exc}") from None
-    if existing is not None and existing.config_digest != data.image.id:
-        raise GateRefused(
-            f"refusing to push: {plan.immutable_ref} already holds another image (config "
-            f"{existing.config_digest[:19]}, this one is {data.image.id[:19]}); immutable tags never move. "
-            "The same commit and date built a different image: commit the change and rebuild"
-        )
+    for ref in plan.immutable_refs:
+        img = next(i for i in plan.images if i.refs[-1] == ref)
+        try:
+            existing = manifest_info(ref, docker=docker)
+        except RegistryError as exc:
+            raise GateRefused(f"refusing to push: cannot check the immutable tag: {exc}") from None
+        if existing is not None and existing.config_digest != img.image.id:
+            raise GateRefused(
+                f"refusing to push: {ref} already holds another image (config "
+                f"{existing.config_digest[:19]}, this one is {img.image.id[:19]}); immutable tags never move. "
+                "The same commit and date built a different image: commit the change and rebuild"
+            )
 
 
 def push_image(img: LayerRelease, docker: str = "docker") -> str:
@@ -326,7 +341,7 @@ def execute(plan: ReleasePlan, out: Path = DEFAULT_OUT, sbom: bool = True, docke
 def add_arguments(parser: argparse.ArgumentParser, *, report_files: bool = True) -> None:
     parser.add_argument("--variant", default=None, help="variant from images/matrix.toml (default: the matrix default)")
     parser.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE] to push to (no scheme)")
-    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated layers (default: all)")
+    parser.add_argument("--layers", default="", help="comma-separated layers (default: all the variant has)")
     if report_files:
         parser.add_argument("--report", action="append", default=[], type=Path,
                             help="smoke report file (repeatable); also searched: --reports-dir")
@@ -339,6 +354,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, report_files: bool = True)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="release records folder (default: build/release)")
     parser.add_argument("--no-sbom", action="store_true", help="skip SBOM generation (not for releases)")
     parser.add_argument("--dry-run", action="store_true", help="gate and print the plan; push nothing")
+    parser.add_argument("--tag-suffix", default="", metavar="-ARCH",
+                        help="append this to every tag (one architecture of a multi-platform variant, e.g. -arm64; "
+                             "`imagectl manifest` then makes the multi-platform tags)")
     parser.add_argument("--docker", default="docker", help="docker client to use")
 
 
@@ -374,13 +392,13 @@ def push_planned(plan_fn: Any, args: argparse.Namespace, command: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Push a variant's images only if the exact image IDs passed the smoke suite; record digests."""
     matrix = load_matrix(args.matrix)
-    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip())
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) or None
 
     def plan() -> ReleasePlan:
         check_destination(args.registry, args.repository or matrix.image.name)  # before Docker is asked anything
         require_engine()
         return plan_release(matrix, args.variant, args.registry, layers=layers, repository=args.repository,
                             local_name=args.local_name, report_files=args.report, report_dirs=args.reports_dir,
-                            allow_cpu_only=args.allow_cpu_only, docker=args.docker)
+                            allow_cpu_only=args.allow_cpu_only, docker=args.docker, tag_suffix=args.tag_suffix)
 
     return push_planned(plan, args, "push")

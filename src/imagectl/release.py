@@ -15,8 +15,9 @@ import sys
 
 from imagectl import push
 from imagectl.docker import DockerError, require_engine
-from imagectl.matrix import LAYERS, REPO_ROOT, load_matrix
+from imagectl.matrix import REPO_ROOT, load_matrix
 from imagectl.smoke import SmokeError, run_smoke_in_container
+from smokesuite.report import write_report
 
 RECORDS = REPO_ROOT / "build" / "smoke"
 
@@ -29,32 +30,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Smoke + gate + push in one process (what CI runs): only the image that just passed goes out."""
     matrix = load_matrix(args.matrix)
-    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) or LAYERS
     variant = matrix.variant(args.variant)
-    local = f"{args.local_name or matrix.image.name}:{matrix.tags_for(variant, 'data')[0]}"
+    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) or matrix.layers_of(variant)
+    name = args.local_name or matrix.image.name
 
     def plan() -> push.ReleasePlan:
         push.check_destination(args.registry, args.repository or matrix.image.name)
         require_engine()
         expect = "cpu" if args.allow_cpu_only else "gpu"
-        print(f"imagectl release: smoke suite in {local} (expect={expect})", file=sys.stderr, flush=True)
-        try:
-            result = run_smoke_in_container(local, expect, docker=args.docker, timeout_s=args.timeout)
-        except SmokeError as exc:
-            raise push.GateRefused(f"the smoke suite could not run in {local}: {exc}") from None
-        if result.report is None:
-            f = result.failure
-            raise push.GateRefused(f"the smoke suite did not run in {local}: {f.cause if f else 'no report'}; "
-                                   f"{f.fix if f else ''}")
-        record = RECORDS / f"release-{variant.name}-{(result.image_id or '').split(':')[-1][:12]}.json"
-        from smokesuite.report import write_report
-
-        write_report(result.report, record)
-        print(f"imagectl release: report kept at {record}", file=sys.stderr)
-        found = push.FoundReport(result.report, f"the run just made (kept at {record})")
+        found: list[push.FoundReport] = []
+        # every image that carries the suite runs it here: data, and devel when it is released
+        for layer in [x for x in ("data", "devel") if x == "data" or x in layers]:
+            local = f"{name}:{matrix.tags_for(variant, layer)[0]}"
+            print(f"imagectl release: smoke suite in {local} (expect={expect})", file=sys.stderr, flush=True)
+            try:
+                result = run_smoke_in_container(local, expect, docker=args.docker, timeout_s=args.timeout)
+            except SmokeError as exc:
+                raise push.GateRefused(f"the smoke suite could not run in {local}: {exc}") from None
+            if result.report is None:
+                f = result.failure
+                raise push.GateRefused(f"the smoke suite did not run in {local}: {f.cause if f else 'no report'}; "
+                                       f"{f.fix if f else ''}")
+            record = RECORDS / f"release-{variant.name}-{layer}-{(result.image_id or '').split(':')[-1][:12]}.json"
+            write_report(result.report, record)
+            print(f"imagectl release: report kept at {record}", file=sys.stderr)
+            found.append(push.FoundReport(result.report, f"the run just made (kept at {record})"))
         return push.plan_release(matrix, variant.name, args.registry, layers=layers, repository=args.repository,
-                                 local_name=args.local_name, reports=[found], allow_cpu_only=args.allow_cpu_only,
-                                 docker=args.docker)
+                                 local_name=args.local_name, reports=found, allow_cpu_only=args.allow_cpu_only,
+                                 docker=args.docker, tag_suffix=args.tag_suffix)
 
     try:
         return push.push_planned(plan, args, "release")

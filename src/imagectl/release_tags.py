@@ -55,9 +55,9 @@ def release_tags(matrix: Matrix, variant: Variant, layer: str, stamp: Stamp | No
                  gpu_verified: bool = True) -> list[str]:
     """Tags (without registry/repository) that `layer` of `variant` is pushed under."""
     tags = matrix.tags_for(variant, layer)
-    if layer == "data":
+    if layer in ("data", "devel"):
         if stamp is None:
-            raise TagError("the data image needs a stamp (date + commit) for its immutable tag")
+            raise TagError(f"the {layer} image needs a stamp (date + commit) for its immutable tag")
         tags = [*tags, f"{tags[0]}-{stamp}"]
     if not gpu_verified:
         tags = [f"{t}{GPU_UNVERIFIED}" for t in tags]

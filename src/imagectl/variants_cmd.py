@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from imagectl.matrix import LAYERS, Matrix, load_matrix
+from imagectl.matrix import Matrix, load_matrix
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def format_table(matrix: Matrix) -> str:
     header = ("variant", "cuda", "torch", "cudnn", "nccl", "driver >=", "wheel index", "tags")
     rows = [header]
     for v in matrix.variants.values():
-        tags = ", ".join(t for layer in LAYERS for t in matrix.tags_for(v, layer))
+        tags = ", ".join(t for layer in matrix.layers_of(v) for t in matrix.tags_for(v, layer))
         mark = " *" if v.name == matrix.default_variant else ""
         rows.append((v.name + mark, v.cuda, matrix.torch_requirements(v)[0].split("==")[1], v.cudnn, v.nccl,
                      v.driver_min, v.index_url or "(default index)", tags))

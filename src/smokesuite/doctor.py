@@ -1,8 +1,10 @@
 """``doctor``: diagnose the common GPU-container failures and print cause + fix for each.
 
 Two halves: ``gather_facts()`` reads the machine (libcuda, NVML, /dev/shm, LD_LIBRARY_PATH, torch,
-optionally an NCCL all-reduce); the ``diagnose_*`` functions are pure functions of those facts, so
-each is tested on recorded inputs. ``doctor --dump-facts F`` records a machine, ``--facts F`` replays.
+optionally an NCCL all-reduce; the user, HOME, cache and exec-mount facts of
+:mod:`smokesuite.runtime_env`; the RDMA/NCCL transport facts of :mod:`smokesuite.fabric`); the
+``diagnose_*`` functions are pure functions of those facts, so each is tested on recorded inputs.
+``doctor --dump-facts F`` records a machine, ``--facts F`` replays.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from smokesuite.arch import coverage, parse_sm
+from smokesuite.fabric import (
+    MEMLOCK_MIN,
+    FabricFacts,
+    IbDevice,
+    describe_device,
+    gather_fabric,
+    selected_hcas,
+    socket_interfaces,
+)
+from smokesuite.runtime_env import PathState, RuntimeFacts, describe_mount, gather_runtime, in_image
 from smokesuite.versions import (
     cuda_driver_int_to_str,
     driver_floor_for_cuda,
@@ -81,14 +93,18 @@ class Facts:
     cudnn_runtime: list[int] | None = None
     cudnn_compiled: list[int] | None = None
     nccl: NcclProbe | None = None
+    runtime: RuntimeFacts | None = None  # user, HOME, caches, exec mounts; None in older recordings
+    fabric: FabricFacts | None = None  # RDMA devices, verbs libraries, NCCL network hints
     notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Facts:
         data = dict(data)
-        nccl = data.pop("nccl", None)
+        nccl, runtime, fabric = data.pop("nccl", None), data.pop("runtime", None), data.pop("fabric", None)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known, nccl=NcclProbe(**nccl) if nccl else None)
+        return cls(**known, nccl=NcclProbe(**nccl) if nccl else None,
+                   runtime=RuntimeFacts.from_json(runtime) if runtime else None,
+                   fabric=FabricFacts.from_json(fabric) if fabric else None)
 
 
 @dataclass
@@ -252,8 +268,265 @@ def diagnose_nccl_p2p(f: Facts) -> Diagnosis:
                      f"rerun with NCCL_DEBUG=INFO; check /dev/shm ({FLAGS_FIX}) and the driver")
 
 
+# --- any UID, read-only roots, noexec mounts ------------------------------------------------------
+
+USER_HOOK_NOTE = ("pytorch-cuda images set LOGNAME/USER=uid_<uid> themselves at interpreter start (the "
+                  "pytorch_cuda_startup hook): an image without it predates that fix, rebuild it")
+HOME_HOOK_NOTE = ("pytorch-cuda images fall back to $TMPDIR/home-<uid> themselves at interpreter start (the "
+                  "pytorch_cuda_startup hook): an image without it predates that fix, rebuild it")
+RO_ROOT_FIX = ("with a read-only root, mount one writable, exec-capable /tmp: docker --read-only --tmpfs /tmp:exec; "
+               "Kubernetes: an emptyDir volume at /tmp")
+
+
+def diagnose_user_name(f: Facts) -> Diagnosis:
+    name = "User name"
+    r = f.runtime
+    if r is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    if r.getuser_error:
+        return Diagnosis(name, "problem", f"uid {r.uid} has no user name: getpass.getuser() fails",
+                         f"uid {r.uid} has no passwd entry (docker --user, Kubernetes runAsUser and OpenShift run "
+                         "UIDs the image does not know) and LOGNAME/USER are unset, so torch.compile fails with "
+                         f"KeyError: getpwuid(): uid not found ({r.getuser_error})",
+                         f"set a name (docker -e USER=uid_{r.uid}; Kubernetes: env USER) or TORCHINDUCTOR_CACHE_DIR; "
+                         + USER_HOOK_NOTE)
+    if not r.passwd_entry:
+        src = next(iter(r.user_env), "the environment")
+        by = " (set by the image's start-up hook)" if r.fallback and "USER=" in r.fallback else ""
+        return Diagnosis(name, "ok", f"uid {r.uid} has no passwd entry; user name {r.getuser!r} from ${src}{by}")
+    return Diagnosis(name, "ok", f"user {r.getuser} (uid {r.uid}, gid {r.gid})")
+
+
+def _unwritable_cause(st: PathState, r: RuntimeFacts) -> str:
+    where = describe_mount(st)
+    if st.read_only_fs:
+        return (f"{st.path} is on a read-only filesystem{where} (docker --read-only / Kubernetes "
+                "readOnlyRootFilesystem)")
+    if st.path == "/" and not r.passwd_entry:
+        return f"HOME=/ because uid {r.uid} has no passwd entry (the container runtime then sets HOME=/)"
+    return f"uid {r.uid} (gid {r.gid}) may not write {st.existing or st.path}{where}"
+
+
+def diagnose_home(f: Facts) -> Diagnosis:
+    name = "HOME"
+    r = f.runtime
+    if r is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    st = r.location("HOME")
+    if st is None or st.path is None:
+        return Diagnosis(name, "problem", "HOME is not set", "the runtime started this process without HOME",
+                         "set HOME to a writable directory (e.g. -e HOME=/tmp); " + HOME_HOOK_NOTE)
+    if not st.writable:
+        mount = "" if st.path == "/" else (f", or mount a writable volume at {st.path} (docker --tmpfs "
+                                            f"{st.path}:exec; Kubernetes: an emptyDir)")
+        return Diagnosis(name, "problem", f"HOME={st.path} is not writable by uid {r.uid}", _unwritable_cause(st, r),
+                         f"-e HOME=/tmp (any writable directory){mount}; " + HOME_HOOK_NOTE)
+    how = f"; fallback by the image's start-up hook: {r.fallback}" if r.fallback and "HOME=" in r.fallback else ""
+    made = "" if st.exists else " (created on first use)"
+    return Diagnosis(name, "ok", f"HOME={st.path} is writable{made}{how}")
+
+
+def _location_fix(st: PathState) -> str:
+    if st.role == "TMPDIR":
+        return "mount a writable /tmp (docker --tmpfs /tmp:exec; Kubernetes: an emptyDir at /tmp) or set TMPDIR"
+    return f"point ${st.env_var or st.role} at a writable directory"
+
+
+def diagnose_cache_dirs(f: Facts) -> Diagnosis:
+    name = "Cache locations"
+    r = f.runtime
+    if r is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    home = r.location("HOME")
+    home_bad = home is not None and home.path is not None and not home.writable
+    checked = [st for st in r.locations if st.role != "HOME" and st.path is not None]
+    bad = [st for st in checked if not st.writable]
+    if bad:
+        # Everything that defaults to $HOME fails with it: one cause, not one per cache.
+        via_home = [st for st in bad if home_bad and "$HOME" in st.source]
+        own = [st for st in bad if st not in via_home]
+        causes = [f"{st.role} ({st.what}, {st.source}): {_unwritable_cause(st, r)}" for st in own]
+        fixes = list(dict.fromkeys(_location_fix(st) for st in own))
+        if via_home:
+            causes.insert(0, f"{', '.join(st.role for st in via_home)} default to $HOME={home.path if home else '?'}, "
+                             "which is not writable (see HOME)")
+            fixes.insert(0, "fix HOME (see HOME) or set those variables to writable directories")
+        return Diagnosis(name, "problem", "not writable: " + ", ".join(f"{st.role}={st.path}" for st in bad),
+                         "; ".join(causes), "; ".join(fixes) + (f"; {RO_ROOT_FIX}" if r.read_only_root else ""))
+    unresolved = [st.role for st in r.locations if st.path is None and st.role != "HOME"]
+    tail = f" ({', '.join(unresolved)} unresolved: see User name)" if unresolved else ""
+    return Diagnosis(name, "ok", f"{len(checked)} cache locations writable{tail}")
+
+
+def diagnose_exec_mounts(f: Facts) -> Diagnosis:
+    name = "Compiled-code locations"
+    r = f.runtime
+    if r is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    targets = [st for st in r.locations if st.needs_exec and st.path is not None]
+    bad = [st for st in targets if st.noexec]
+    if bad:
+        mounts = sorted({st.mount.mount_point for st in bad if st.mount})
+        return Diagnosis(
+            name, "problem", "mounted noexec: " + ", ".join(f"{st.role}={st.path}{describe_mount(st)}" for st in bad),
+            "shared objects that torch.compile (Inductor), Triton, cpp_extension and pip --user put there cannot be "
+            "loaded ('failed to map segment from shared object'); Docker and Podman mount --tmpfs noexec unless "
+            "told :exec",
+            f"remount {', '.join(mounts) or 'it'} with exec (docker --tmpfs /tmp:exec; Kubernetes emptyDir volumes "
+            "are exec), or set TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR / TORCH_EXTENSIONS_DIR to a writable, "
+            "exec-mounted directory")
+    return Diagnosis(name, "ok", f"{len(targets)} locations that load compiled code are exec-mounted")
+
+
+# --- RDMA fabric and NCCL's network transport -------------------------------------------------------
+
+RDMA_PACKAGES = "libibverbs1 ibverbs-providers librdmacm1t64 (librdmacm1 before Debian 13 / Ubuntu 24.04)"
+DEVICE_PASS_FIX = ("pass the RDMA devices into the container: docker --device=/dev/infiniband --ulimit memlock=-1 "
+                   "(RoCE may also need --network host); Kubernetes: request the RDMA device plugin's resource "
+                   "(e.g. rdma/rdma_shared_device_a: 1) and IPC_LOCK; see docs/clusters.md")
+EFA_FIX = ("add the AWS OFI NCCL plugin (aws-ofi-nccl, with libfabric's EFA provider) in a layer FROM this image "
+           "and set FI_PROVIDER=efa; see docs/clusters.md (EFA)")
+
+
+def _libs_ok(fb: FabricFacts) -> bool:
+    return bool(fb.verbs and fb.verbs.path)
+
+
+def diagnose_rdma_libraries(f: Facts) -> Diagnosis:
+    name = "RDMA libraries"
+    fb = f.fabric
+    if fb is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    if not _libs_ok(fb):
+        err = fb.verbs.error if fb.verbs else "not probed"
+        if fb.devices:
+            return Diagnosis(name, "problem", f"RDMA devices are visible but {fb.verbs.name if fb.verbs else 'libibverbs'} "
+                                              "does not load: NCCL falls back to TCP sockets",
+                             f"rdma-core's userspace is not installed in this container ({err})",
+                             f"install {RDMA_PACKAGES}, or use a pytorch-cuda image (they ship them)")
+        if fb.in_image:
+            return Diagnosis(name, "problem", "this image has no RDMA userspace (libibverbs.so.1 does not load)",
+                             f"the image was built without rdma-core's libraries ({err}): on an InfiniBand/RoCE "
+                             "cluster NCCL would fall back to TCP sockets", "rebuild the image (the Dockerfile installs "
+                             f"{RDMA_PACKAGES})")
+        return Diagnosis(name, "skipped", "no RDMA userspace and no RDMA devices here (a plain host)")
+    problems = []
+    if not fb.providers:
+        problems.append("no providers in /etc/libibverbs.d (ibverbs-providers missing): libibverbs finds no device")
+    wanted = sorted({d.provider for d in fb.devices if not d.is_efa or "efa" in fb.providers} - set(fb.providers))
+    if fb.providers and wanted:
+        problems.append(f"no provider for {', '.join(wanted)} in /etc/libibverbs.d")
+    if fb.devices and fb.verbs_device_count == 0 and any(d.uverbs_node for d in fb.devices):
+        problems.append("ibv_get_device_list() finds 0 devices although uverbs nodes are present")
+    if not (fb.rdmacm and fb.rdmacm.path):
+        problems.append(f"librdmacm.so.1 does not load ({fb.rdmacm.error if fb.rdmacm else 'not probed'})")
+    lib = f"libibverbs.so.1 ({fb.verbs.path})" if fb.verbs else "libibverbs.so.1"
+    if problems:
+        status = "problem" if fb.devices or fb.in_image else "warning"
+        return Diagnosis(name, status, f"{lib} loads, but: " + "; ".join(problems),
+                         "rdma-core's userspace is incomplete in this container",
+                         f"install {RDMA_PACKAGES}")
+    shown = ", ".join(fb.providers[:6]) + (", ..." if len(fb.providers) > 6 else "")
+    count = "" if fb.verbs_device_count is None else f"; {fb.verbs_device_count} verbs device(s) open"
+    return Diagnosis(name, "ok", f"{lib} and librdmacm.so.1 load; {len(fb.providers)} providers ({shown}){count}")
+
+
+def _ifaces(fb: FabricFacts) -> str:
+    ifs = socket_interfaces(fb)
+    return ", ".join(ifs[:3]) + (", ..." if len(ifs) > 3 else "") if ifs else "no interface"
+
+
+def _sockets_line(fb: FabricFacts) -> str:
+    return f"TCP sockets on {_ifaces(fb)}"
+
+
+def diagnose_nccl_network(f: Facts) -> Diagnosis:
+    """Which transport multi-node NCCL traffic takes from here, and why when it is sockets."""
+    name = "NCCL network"
+    fb = f.fabric
+    if fb is None:
+        return Diagnosis(name, "skipped", "not recorded (facts from an older doctor)")
+    env = fb.nccl_env
+    forced = env.get("NCCL_NET", "").strip().lower()
+    ifname = env.get("NCCL_SOCKET_IFNAME")
+    if ifname and not socket_interfaces(fb):
+        return Diagnosis(name, "problem", f"NCCL_SOCKET_IFNAME={ifname} matches no interface here "
+                                          f"({', '.join(fb.interfaces) or 'none'})",
+                         "NCCL's bootstrap needs a socket interface even with RDMA: init fails with "
+                         "'Bootstrap : no socket interface found'",
+                         "set NCCL_SOCKET_IFNAME to one of the interfaces above (a prefix such as eth or ens, "
+                         "'=name' for an exact match, '^lo,docker' to exclude), or unset it")
+    plugin_off = env.get("NCCL_NET_PLUGIN", "").lower() == "none"
+    efa = [d for d in fb.devices if d.is_efa]
+    if fb.net_plugins and not plugin_off and forced not in ("socket", "ib"):
+        over = f" over EFA ({', '.join(d.name for d in efa)})" if efa else ""
+        return Diagnosis(name, "ok", f"inter-node transport: the net plugin {', '.join(fb.net_plugins)}{over}; "
+                                     f"bootstrap on {_ifaces(fb)}")
+    if efa:
+        return Diagnosis(name, "warning", f"inter-node transport: {_sockets_line(fb)}: EFA devices "
+                                          f"({', '.join(d.name for d in efa)}) are visible but no NCCL net plugin is installed",
+                         "NCCL's own IB transport cannot drive EFA; only the AWS OFI plugin (libnccl-net.so) can",
+                         EFA_FIX)
+    hcas = [d for d in selected_hcas(fb) if not d.is_efa]
+    usable = [d for d in hcas if d.uverbs_node and d.active_ports()]
+    ib_off = env.get("NCCL_IB_DISABLE", "").strip() == "1" or forced == "socket"
+    if usable and _libs_ok(fb) and fb.verbs_device_count != 0:
+        if ib_off:
+            what = "NCCL_IB_DISABLE=1" if env.get("NCCL_IB_DISABLE", "").strip() == "1" else "NCCL_NET=Socket"
+            return Diagnosis(name, "warning", f"inter-node transport: {_sockets_line(fb)} ({what}) although "
+                                              f"{', '.join(describe_device(d) for d in usable)} can be used",
+                             f"{what} turns NCCL's IB verbs transport off", f"unset {what.split('=')[0]}")
+        roce = any(p.link_layer == "Ethernet" for d in usable for p in d.ports)
+        summary = (f"inter-node transport: IB verbs over {', '.join(describe_device(d) for d in usable)}; bootstrap on "
+                   f"{_ifaces(fb)}")
+        if roce and "NCCL_IB_GID_INDEX" not in env:
+            summary += " (RoCE: set NCCL_IB_GID_INDEX if the default GID is not RoCE v2)"
+        if fb.memlock_bytes is not None and fb.memlock_bytes != -1 and fb.memlock_bytes < MEMLOCK_MIN:
+            return Diagnosis(name, "warning", summary + f"; but memlock is limited to {fb.memlock_bytes // 1024} KiB",
+                             "NCCL registers its buffers with the HCA (ibv_reg_mr), which needs locked memory: "
+                             "with this limit it fails or falls back", "docker --ulimit memlock=-1; Kubernetes/"
+                             "containerd default to unlimited; Slurm: PropagateResourceLimitsExcept=MEMLOCK, "
+                             "ulimit -l unlimited on the nodes")
+        return Diagnosis(name, "ok", summary)
+    if forced == "ib":
+        return Diagnosis(name, "problem", "NCCL_NET=IB forces IB verbs, but no usable IB device is in this container",
+                         _why_not_ib(fb, hcas), "unset NCCL_NET, or " + DEVICE_PASS_FIX)
+    if not fb.devices:
+        return Diagnosis(name, "ok", f"inter-node transport: {_sockets_line(fb)}: no RDMA devices visible "
+                                     "(fine on one node; across nodes expect a fraction of an RDMA fabric's bandwidth)")
+    cause = _why_not_ib(fb, hcas)
+    if not hcas:
+        fix = f"NCCL_IB_HCA={env.get('NCCL_IB_HCA')} excludes every device: list some of {', '.join(d.name for d in fb.devices)}"
+    elif not _libs_ok(fb):
+        fix = f"install {RDMA_PACKAGES}"
+    elif not any(d.uverbs_node for d in hcas):
+        fix = DEVICE_PASS_FIX
+    else:
+        fix = "check the fabric on the host (ibstat, the subnet manager, cabling) and the port states"
+    return Diagnosis(name, "warning", f"inter-node transport: {_sockets_line(fb)}: RDMA devices exist but NCCL "
+                                      "cannot use them (multi-node runs fall back to TCP sockets)", cause, fix)
+
+
+def _why_not_ib(fb: FabricFacts, hcas: list[IbDevice]) -> str:
+    if not fb.devices:
+        return "no RDMA devices in /sys/class/infiniband"
+    if not hcas:
+        return f"NCCL_IB_HCA={fb.nccl_env.get('NCCL_IB_HCA')} matches none of {', '.join(d.name for d in fb.devices)}"
+    if not _libs_ok(fb):
+        return f"libibverbs.so.1 does not load ({fb.verbs.error if fb.verbs else 'not probed'})"
+    missing = [d.name for d in hcas if not d.uverbs_node]
+    if len(missing) == len(hcas):
+        return (f"{', '.join(missing)} exist on the host (sysfs) but /dev/infiniband/uverbs* is not in this container "
+                "(devices not passed in)")
+    down = [d.name for d in hcas if d.uverbs_node and not d.active_ports()]
+    if down:
+        return f"no ACTIVE port on {', '.join(down)} ({', '.join(p.state for d in hcas for p in d.ports)})"
+    return "ibv_get_device_list() opens no device (provider missing for this hardware?)"
+
+
 DIAGNOSES = (diagnose_gpu_runtime, diagnose_driver, diagnose_arch, diagnose_shm, diagnose_cudnn_shadowing,
-             diagnose_nccl_p2p)
+             diagnose_nccl_p2p, diagnose_user_name, diagnose_home, diagnose_cache_dirs, diagnose_exec_mounts,
+             diagnose_rdma_libraries, diagnose_nccl_network)
 
 
 def diagnose(f: Facts) -> list[Diagnosis]:
@@ -362,6 +635,14 @@ def gather_facts(expect: str | None = None, *, nccl: bool = True, nccl_timeout_s
     for d in filter(None, f.ld_library_path.split(":")):
         f.system_cudnn += sorted(glob.glob(os.path.join(d, "libcudnn*.so*")))
     _probe_torch(f)
+    try:
+        f.runtime = gather_runtime()
+    except Exception as exc:  # a broken probe must not hide the other diagnoses
+        f.notes.append(f"runtime probe failed: {type(exc).__name__}: {exc}")
+    try:
+        f.fabric = gather_fabric(in_image=in_image())
+    except Exception as exc:
+        f.notes.append(f"fabric probe failed: {type(exc).__name__}: {exc}")
     if nccl and len(f.gpus) >= 2 and f.torch_cuda and f.libcuda and f.cu_init_error is None:
         _probe_nccl(f, nccl_timeout_s)
     return f

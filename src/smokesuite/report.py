@@ -248,18 +248,21 @@ def write_report(report: SmokeReport | dict[str, Any], path: str | os.PathLike[s
 
 def check_writable(path: str | os.PathLike[str]) -> str | None:
     """Why a report could not be written to ``path`` (None: it can). Checked before a run, so a
-    suite of many minutes never ends in a lost report."""
+    suite of many minutes never ends in a lost report: the folder is made (as the write would) and a
+    probe file is created and removed in it."""
     target = Path(path)
     if target.is_dir():
         return f"{target} is a folder: name a file in it, e.g. {target / 'smoke-report.json'}"
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # write_report creates missing folders: the nearest existing one decides
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    if not os.access(target if target.exists() else folder, os.W_OK):
-        return (f"uid {os.getuid()} cannot write {target if target.exists() else folder}: name a file in a "
-                "writable folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".smoke-report-probe-", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return (f"{exc.strerror or exc} ({exc.filename or target.parent}) for uid {os.getuid()}: name a file in a "
+                "folder this user can write")
+    if target.exists() and not os.access(target, os.W_OK):
+        return f"{target} exists and uid {os.getuid()} may not replace it"
     return None
 
 

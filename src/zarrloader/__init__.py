@@ -7,6 +7,7 @@
 
 from .errors import (
     AccessDeniedError,
+    BackendOptionError,
     ChunkReadError,
     DatasetLayoutError,
     InvalidURLError,
@@ -32,6 +33,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AccessDeniedError",
     "ArrayInfo",
+    "BackendOptionError",
     "ChunkReadError",
     "DatasetLayoutError",
     "InvalidURLError",

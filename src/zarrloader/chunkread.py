@@ -7,7 +7,7 @@ receives every byte from the network. Measured on 2 cores against a loopback S3 
 chunks, 256 MiB, median of 6): 1.69 ms of client CPU per MiB this way against 2.22 ms through
 ``getitem``, and raw GETs alone cost 1.57. The decoded chunk is often a read-only view of the
 received bytes; the batcher copies it into each batch (off the event loop), so no tensor ever
-aliases read-only memory. Where the store's read path is known (S3 through s3fs, local files; see
+aliases read-only memory. Where the backend gives a receiver (s3fs, obstore, local files; see
 ``receive``), plain-bytes chunks are instead received straight into one writable buffer per call,
 the chunks of a call back to back in row order: storage-order batches are then views, no copy.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .receive import Receiver, receiver_for
+from .receive import Receiver
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class DirectChunkReader:
     receiver: Receiver | None = None  # set when plain native-order chunks can be received into our memory
 
     @classmethod
-    def for_array(cls, arr: Any) -> DirectChunkReader | None:
-        """A reader for the zarr ``Array`` ``arr``, or None when it must go through zarr's read path."""
+    def for_array(cls, arr: Any, receiver: Receiver | None = None) -> DirectChunkReader | None:
+        """A reader for the zarr ``Array`` ``arr``, or None when it must go through zarr's read path.
+        ``receiver``: the backend's (see ``Backend.receiver``), used for plain native-order chunks."""
         try:
             from zarr.core.array_spec import ArraySpec
             from zarr.core.buffer import default_buffer_prototype
@@ -69,7 +70,7 @@ class DirectChunkReader:
             spec = ArraySpec(shape=chunks, dtype=md.dtype, fill_value=md.fill_value, config=aa.config, prototype=proto)
             fill = arr.fill_value if arr.fill_value is not None else 0
             stored = _plain_bytes_dtype(md, np.dtype(arr.dtype))
-            receiver = receiver_for(aa.store_path.store) if stored == dtype else None
+            receiver = receiver if stored == dtype else None
             return cls(aa, chunks, shape[0], dtype, fill, spec, proto,
                        bool(getattr(aa.config, "read_missing_chunks", True)), stored, receiver)
         except Exception:  # any API drift in zarr: use its public read path instead
@@ -79,18 +80,19 @@ class DirectChunkReader:
     def chunk_len(self) -> int:
         return self.chunk_shape[0]
 
-    async def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    async def read_many(self, ranges: Sequence[tuple[int, int]], *, views: bool = True) -> list[np.ndarray]:
         """Rows ``[a, b)`` for every range: all their chunks fetched at once and decoded in one call.
         Received chunks (``receiver`` set): every range is a writable view of one block. Otherwise a
         range inside one chunk is a slice of the decoded chunk (no copy; may be read-only), a range
-        over several chunks their concatenation."""
+        over several chunks their concatenation. ``views=False`` (shuffled reads: every batch is a
+        gather anyway) skips a receiver that would cost an extra copy (``Receiver.extra_copy``)."""
         c = self.chunk_len
         spans = [(a // c, (b - 1) // c) for a, b in ranges]
         index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})
         zeros = (0,) * (len(self.chunk_shape) - 1)
         aa = self.async_array
         paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *zeros)) for i in index]
-        if self.receiver is not None:
+        if self.receiver is not None and (views or not self.receiver.extra_copy):
             return await self._receive_many(ranges, index, paths)
         bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
         chunks = dict(zip(index, await self._decode(bufs), strict=True))

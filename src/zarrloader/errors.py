@@ -20,7 +20,13 @@ class AccessDeniedError(ZarrLoaderError, PermissionError):
 
 
 class StorageUnavailableError(ZarrLoaderError, ConnectionError):
-    """The storage endpoint could not be reached (after bounded retries)."""
+    """The storage endpoint could not be reached, or did not answer within the operation's deadline
+    (connect_timeout + read_timeout x (retries + 1) plus a small grace, see ``backends.Deadline``).
+    The message names the endpoint, the operation and the timeout and retry settings that applied."""
+
+
+class BackendOptionError(ZarrLoaderError, ValueError):
+    """A storage option the chosen backend cannot honour, or a backend that cannot run here."""
 
 
 class DatasetLayoutError(ZarrLoaderError, ValueError):

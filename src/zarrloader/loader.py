@@ -11,20 +11,20 @@ until the first batch is requested, so they are safe to create before forking.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
+from torchdata.nodes import BaseNode, Loader, Mapper, PinMemory, Prefetcher
 
-from .errors import DatasetLayoutError
-from .nodes import AsyncFetch, Failure, Fetcher, PatchSpec, PlanCursor, PlanTasks, ShuffleBatcher
-from .plan import PlanConfig, make_plan
+from .nodes import Failure, PatchSpec, PlanFetch, ShuffleBatcher, patch_extents, read_setup
+from .plan import PlanConfig, make_plan, read_grouping, request_budget
 from .source import ZarrSource
 from .storage import StorageOptions
+
+__all__ = ["LoaderConfig", "ZarrLoader", "make_loader", "read_grouping", "request_budget"]
 
 
 @dataclass(frozen=True)
@@ -53,29 +53,6 @@ class LoaderConfig:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
-
-
-def request_budget(concurrency: int) -> int:
-    """HTTP requests the loader may have in flight (and connections it pools) at ``concurrency``."""
-    return 2 * concurrency + 8
-
-
-def read_grouping(config: LoaderConfig, read_bytes: int) -> tuple[int, int]:
-    """(reads per fetch, reads per buffer) for whole-row reads of ``read_bytes`` each.
-
-    Reads of small chunks are coalesced into fetches of ~``min_read_bytes``: below ~1 MB, per-call
-    overhead, not the network, would set the pace. A fetch never crosses a buffer, so when shuffling
-    it is capped at ``shuffle_buffer_chunks``. In storage order nothing is mixed, and the buffer is
-    exactly one fetch: batches can then be views of a fetch's memory (see chunkread), and the first
-    batch waits for one fetch, not ``shuffle_buffer_chunks`` chunks. Never more reads per fetch than
-    the request budget: tiny chunks would otherwise make one fetch of thousands of GETs."""
-    group = max(1, min(config.min_read_bytes // max(1, read_bytes), request_budget(config.concurrency)))
-    if config.patch is not None:
-        group = 1
-    if config.shuffle:
-        group = min(group, config.shuffle_buffer_chunks)
-        return group, config.shuffle_buffer_chunks
-    return group, group
 
 
 def _to_tensors(batch: Any) -> Any:
@@ -141,13 +118,11 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
     """A ``torchdata.nodes.Loader`` (iterate it once per epoch; ``state_dict``/``load_state_dict``
     resume mid-epoch exactly) that raises read errors as their original exceptions."""
 
-    def __init__(self, root: BaseNode[Any], source: ZarrSource, config: LoaderConfig, batcher: ShuffleBatcher,
-                 plan_config: Callable[[], PlanConfig]) -> None:
+    def __init__(self, root: BaseNode[Any], source: ZarrSource, config: LoaderConfig, batcher: ShuffleBatcher) -> None:
         super().__init__(root)
         self.source = source
         self.config = config
         self._batcher = batcher
-        self._plan_config = plan_config
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return _Unwrap(super().__iter__())
@@ -159,6 +134,9 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
     def num_samples(self, epoch: int | None = None) -> int:
         """Samples this rank yields per epoch (opens metadata if not yet open)."""
         return make_plan(self._plan_config(), self.epoch if epoch is None else epoch).total
+
+    def _plan_config(self) -> PlanConfig:
+        return read_setup(self.source, self.config).plan_config
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
@@ -207,22 +185,7 @@ def _default_rank_world() -> tuple[int, int]:
 
 
 def _patch_extents(source: ZarrSource, patch: PatchSpec) -> tuple[int, ...]:
-    extents: dict[tuple[int, ...], list[str]] = {}
-    for info in source.infos:
-        axes = source.patch_axes(info, patch.axes)
-        if axes is not None:
-            extents.setdefault(tuple(info.shape[a] for a in axes), []).append(info.name or "<array>")
-    if not extents:
-        raise DatasetLayoutError(f"no array of {source.url} has axes {patch.axes} (axis 0 is the sample axis)")
-    if len(extents) > 1:
-        raise DatasetLayoutError(
-            f"arrays disagree on the extent of patch axes {patch.axes}: {extents}. Fix: select arrays of "
-            "matching spatial size with arrays=[...]"
-        )
-    ext = next(iter(extents))
-    if any(s > e for s, e in zip(patch.size, ext, strict=True)):
-        raise DatasetLayoutError(f"patch size {patch.size} exceeds the array extent {ext} along axes {patch.axes}")
-    return ext
+    return patch_extents(source, patch)
 
 
 def make_loader(
@@ -288,46 +251,13 @@ def make_loader(
     # validate rank/world_size/buffer now, before any I/O
     PlanConfig(num_samples=0, block_length=1, rank=rank, world_size=world_size, buffer_blocks=shuffle_buffer_chunks)
 
-    # Size the HTTP pool to the reads in flight: each of `concurrency` threads may fetch one chunk of
+    # Size the HTTP pool to the reads in flight: each of `concurrency` fetches may read one chunk of
     # every array at once; below that, requests queue for a connection and latency dominates.
     source.reserve_connections(request_budget(concurrency))
-    fetcher = Fetcher(source, patch, seed)
-    cursor = PlanCursor()  # group size set once metadata is open
-    lock = threading.Lock()
-    cached: list[PlanConfig] = []
-
-    def plan_config() -> PlanConfig:
-        # Runs at the first iteration, in the process that iterates: this is where metadata opens.
-        with lock:
-            if not cached:
-                if patch is not None:
-                    fetcher.extents = _patch_extents(source, patch)
-                cursor.group, buffered = read_grouping(config, source.block_length * source.sample_nbytes)
-                cached.append(PlanConfig(
-                    num_samples=len(source), block_length=source.block_length, shuffle=shuffle, seed=seed,
-                    rank=rank, world_size=world_size, buffer_blocks=buffered,
-                ))
-            return cached[0]
-
-    def on_epoch() -> None:
-        import zarr
-
-        # zarr's per-call chunk concurrency; a global setting, only ever raised.
-        if int(zarr.config.get("async.concurrency") or 0) < concurrency:
-            zarr.config.set({"async.concurrency": concurrency})
-
-    tasks = PlanTasks(cursor)
-    # Whole-row reads (coalesced when chunks are small) are submitted straight to zarr's event loop:
-    # no worker threads. Measured on 2 cores, 4 MiB chunks, 3 repeats x 2 rounds: sequential 0.94-1.0 x
-    # raw against 0.79-0.87 with a thread pool; shuffled 0.70-0.71 against 0.54-0.64. Patches (one zarr
-    # call per sample window) use `concurrency` threads.
-    if patch is not None:
-        fetched: BaseNode[Any] = ParallelMapper(tasks, fetcher, num_workers=concurrency, in_order=True,
-                                                method="thread")
-    else:
-        fetched = AsyncFetch(tasks, fetcher, in_flight=concurrency, cursor=cursor, max_requests=request_budget(concurrency))
-    batcher = ShuffleBatcher(fetched, cursor, plan_config, batch_size=batch_size, drop_last=drop_last,
-                             return_index=return_index, initial_epoch=initial_epoch, on_epoch=on_epoch)
+    # The fetch node owns the plan and the fetches (see nodes.PlanFetch); the batcher passes the epoch
+    # and position down through reset(). Metadata opens at the first iteration, in its process.
+    batcher = ShuffleBatcher(PlanFetch(source, config), batch_size=batch_size, drop_last=drop_last,
+                             return_index=return_index, initial_epoch=initial_epoch)
     node: BaseNode[Any] = batcher
     if sample_transform is not None:
         node = Mapper(node, _PassFailures(_SampleTransform(sample_transform)))
@@ -338,4 +268,4 @@ def make_loader(
     if pin:
         node = PinMemory(node)
     node = Prefetcher(node, prefetch_factor=prefetch)
-    return ZarrLoader(node, source, config, batcher, plan_config)
+    return ZarrLoader(node, source, config, batcher)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -140,3 +141,27 @@ def patch_starts(seed: int, epoch: int, row: int, extents: tuple[int, ...], size
     reproducible and survive resume."""
     rng = np.random.default_rng([seed, epoch, row, 2])
     return tuple(int(rng.integers(0, e - s + 1)) for e, s in zip(extents, size, strict=True))
+
+
+def request_budget(concurrency: int) -> int:
+    """HTTP requests the loader may have in flight (and connections it pools) at ``concurrency``."""
+    return 2 * concurrency + 8
+
+
+def read_grouping(config: Any, read_bytes: int) -> tuple[int, int]:
+    """(reads per fetch, reads per buffer) for whole-row reads of ``read_bytes`` each, for a loader
+    config (``min_read_bytes``, ``concurrency``, ``patch``, ``shuffle``, ``shuffle_buffer_chunks``).
+
+    Reads of small chunks are coalesced into fetches of ~``min_read_bytes``: below ~1 MB, per-call
+    overhead, not the network, would set the pace. A fetch never crosses a buffer, so when shuffling
+    it is capped at ``shuffle_buffer_chunks``. In storage order nothing is mixed, and the buffer is
+    exactly one fetch: batches can then be views of a fetch's memory (see chunkread), and the first
+    batch waits for one fetch, not ``shuffle_buffer_chunks`` chunks. Never more reads per fetch than
+    the request budget: tiny chunks would otherwise make one fetch of thousands of GETs."""
+    group = max(1, min(config.min_read_bytes // max(1, read_bytes), request_budget(config.concurrency)))
+    if config.patch is not None:
+        group = 1
+    if config.shuffle:
+        group = min(group, config.shuffle_buffer_chunks)
+        return group, config.shuffle_buffer_chunks
+    return group, group

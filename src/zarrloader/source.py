@@ -1,15 +1,15 @@
 """ZarrSource: a lazily opened, fork-safe handle on one Zarr array or several arrays of a group that
 share the sample axis (axis 0), e.g. ``images`` (N, C, H, W) and ``labels`` (N,).
 
-Nothing touches the network or creates a filesystem object until the first read (or an explicit
-``open()``), and opened handles are dropped when the object is pickled or used in a forked child:
-fsspec/s3fs clients and zarr's event loop must never cross a fork.
+Nothing touches the network or creates a client until the first read (or an explicit ``open()``),
+and opened handles are dropped when the object is pickled or used in a forked child: clients and
+zarr's event loop must never cross a fork. Storage goes through one backend (``zarrloader.backends``),
+and every wait on it is bounded by the backend's deadline.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .backends import Backend, ErrorKind, open_backend
+from .backends.base import FIX_DENIED, FIX_UNAVAILABLE, exception_chain
 from .chunkread import DirectChunkReader
 from .errors import (
     AccessDeniedError,
@@ -31,7 +33,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrLoaderError,
 )
-from .storage import Location, StorageOptions, close_store, filesystem, parse_url, zarr_store
+from .storage import Location, StorageOptions, parse_url
 
 # A block spanning more than this many chunk rows of the most finely chunked array is not worth
 # aligning (lcm of chunk lengths): fall back to the longest chunk length.
@@ -101,50 +103,40 @@ def _codec_names(arr: Any) -> tuple[str, ...]:
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in seen and len(seen) < 20:
-        seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return seen
+    return exception_chain(exc)
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` (or its cause) is a network failure rather than bad data."""
-    names = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-             "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError",
-             "HTTPClientError", "ConnectTimeout", "TimeoutError"}
-    # obstore (Rust) reports transport failures as GenericError with the cause in the message
-    transport = ("error sending request", "connection refused", "connection reset", "connection closed",
-                 "operation timed out", "timed out")
+def classify_any(exc: BaseException) -> ErrorKind:
+    """The kind of ``exc`` by the classifiers of every backend (for code that has no backend at hand)."""
+    from .backends.fsspec import classify_fsspec_error
+
+    classifiers = [classify_fsspec_error]
+    try:
+        from .backends.obstore import classify_obstore_error
+
+        classifiers.append(classify_obstore_error)
+    except ImportError:  # pragma: no cover
+        pass
     for e in _chain(exc):
-        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in names:
-            return True
-        if type(e).__name__ == "GenericError" and any(t in str(e).lower() for t in transport):
-            return True
-    return False
+        for classify in classifiers:
+            kind = classify(e)
+            if kind is not ErrorKind.OTHER:
+                return kind
+    return ErrorKind.OTHER
 
 
 def translate_error(exc: BaseException, url: str, what: str) -> ZarrLoaderError:
-    """Map a storage/zarr exception to a ZarrLoaderError with cause and fix."""
+    """Map a storage/zarr exception to a ZarrLoaderError with cause and fix (no backend at hand; a
+    backend's own ``translate`` also names its endpoint and settings)."""
     if isinstance(exc, ZarrLoaderError):
         return exc
-    chain = _chain(exc)
-    if any(isinstance(e, PermissionError) for e in chain) or any(
-        code in str(e) for e in chain for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
-    ) or any(type(e).__name__ == "NoCredentialsError" for e in chain):
-        return AccessDeniedError(
-            f"access denied while {what} {url}: {exc}. Fix: check the credentials the standard chain finds "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance/IRSA role; for GCS "
-            "GOOGLE_APPLICATION_CREDENTIALS), use anon=True for public data, requester_pays=True for "
-            "requester-pays buckets, or endpoint_url for an S3-compatible server"
-        )
-    if is_connection_error(exc):
+    kind = classify_any(exc)
+    if kind is ErrorKind.DENIED:
+        return AccessDeniedError(f"access denied while {what} {url}: {exc}. {FIX_DENIED}")
+    if kind.retryable:
         return StorageUnavailableError(
-            f"cannot reach storage while {what} {url} (gave up after bounded retries): {exc}. Fix: check the "
-            "endpoint URL and network, that the server is running, or raise StorageOptions.retries/read_timeout"
-        )
-    if any(isinstance(e, FileNotFoundError) for e in chain):
+            f"cannot reach storage while {what} {url} (gave up after bounded retries): {exc}. {FIX_UNAVAILABLE}")
+    if kind is ErrorKind.NOT_FOUND:
         return StoreNotFoundError(f"not found while {what} {url}: {exc}. Fix: check the bucket and path spelling")
     return ZarrLoaderError(f"error while {what} {url}: {type(exc).__name__}: {exc}")
 
@@ -160,30 +152,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _close_live_sources() -> None:
-    # At exit, close the HTTP clients of sources still open while zarr's event loop still runs:
-    # left to garbage collection after the loop stops, every one of them prints aiohttp's
-    # "Unclosed client session" / "Unclosed connector" on the way out.
-    for src in list(_LIVE):
-        with contextlib.suppress(Exception):
-            src.close()
-
-
-_exit_hook: list[bool] = []
-
-
-def _register_exit_hook() -> None:
-    """Once, after zarr is imported: atexit runs hooks last-in first-out, so ours runs before
-    zarr's own, which stops its event loop."""
-    if not _exit_hook:
-        import atexit
-
-        import zarr.core.sync  # noqa: F401  (registers zarr's hook first)
-
-        atexit.register(_close_live_sources)
-        _exit_hook.append(True)
 
 
 class ZarrSource:
@@ -211,12 +179,13 @@ class ZarrSource:
         self._arrays: dict[str, Any] | None = None
         self._direct: dict[str, DirectChunkReader | None] = {}
         self._infos: tuple[ArrayInfo, ...] | None = None
+        self._backend: Backend | None = None
         _LIVE.add(self)
 
     # -- pickling / fork safety ------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=None, _arrays=None, _direct={})  # handles never travel; infos are plain data
+        state.update(_lock=None, _pid=None, _arrays=None, _direct={}, _backend=None)  # handles never travel; infos are plain data
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -250,13 +219,29 @@ class ZarrSource:
 
     def close(self) -> None:
         """Drop the handles and close the HTTP client (reopened on next use)."""
-        arrays, pid = self._arrays, self._pid
+        backend, pid = self._backend, self._pid
         self._arrays = None
         self._direct = {}
         self._pid = None
-        if not arrays or pid != os.getpid():
-            return
-        close_store(next(iter(arrays.values())).store)
+        self._backend = None
+        if backend is not None and pid == os.getpid():
+            backend.close()
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend this source reads through in this process (opens metadata if needed)."""
+        self._handles()
+        assert self._backend is not None
+        return self._backend
+
+    @property
+    def backend_name(self) -> str:
+        """Which backend reads this source here: "obstore", "fsspec" or "local" (no I/O)."""
+        from .backends import choose_backend
+
+        if self._backend is not None and self._pid == os.getpid():
+            return self._backend.name
+        return choose_backend(self.location, self.options)
 
     def __enter__(self) -> ZarrSource:
         return self
@@ -269,58 +254,79 @@ class ZarrSource:
             return self._arrays
         with self._lock:
             if self._arrays is None or self._pid != os.getpid():
-                self._arrays = self._open_arrays()
-                self._direct = {n: DirectChunkReader.for_array(a) for n, a in self._arrays.items()}
-                self._pid = os.getpid()
+                backend = open_backend(self.location, self.options)
+                try:
+                    arrays = self._open_arrays(backend)
+                except BaseException:
+                    backend.close()
+                    raise
+                receiver = backend.receiver()
+                self._direct = {n: DirectChunkReader.for_array(a, receiver) for n, a in arrays.items()}
+                self._backend, self._arrays, self._pid = backend, arrays, os.getpid()
                 if self._infos is None:
                     self._infos = tuple(self._info(n, a) for n, a in self._arrays.items())
                     self._validate()
         return self._arrays
 
-    def _open_arrays(self) -> dict[str, Any]:
+    def _open_arrays(self, backend: Backend) -> dict[str, Any]:
         import zarr
 
-        _register_exit_hook()
-        try:
-            store = zarr_store(self.location, self.options, read_only=True)
-            node = zarr.open(store=store, mode="r")
-        except Exception as exc:
-            err = translate_error(exc, self.url, "opening")
-            if isinstance(err, StoreNotFoundError):
-                err = StoreNotFoundError(self._not_found_message(exc))
-            raise err from exc
-        if isinstance(node, zarr.Array):
-            if self.array_names_requested:
-                raise DatasetLayoutError(
-                    f"{self.url} is an array, not a group: drop arrays={list(self.array_names_requested)}"
-                )
-            return {"": node}
-        names = self.array_names_requested
-        if names is None:
-            names = tuple(sorted(k for k in node.array_keys()))
-            if not names:
-                raise DatasetLayoutError(f"group {self.url} has no arrays: point the URL at an array or a group holding some")
-        out: dict[str, Any] = {}
-        for name in names:
-            try:
-                arr = node[name]
-            except KeyError as exc:
-                available = sorted(node.array_keys())
-                raise StoreNotFoundError(f"no array {name!r} in {self.url}; available: {available}") from exc
-            if not isinstance(arr, zarr.Array):
-                raise DatasetLayoutError(f"{self.url}/{name} is a group, not an array: name its arrays instead")
-            out[name] = arr
-        return out
+        what = f"opening {self.url}"
+        requested = self.array_names_requested
 
-    def _not_found_message(self, exc: BaseException) -> str:
-        loc = self.location
-        if loc.bucket:
+        async def open_all() -> tuple[str, dict[str, Any] | list[str]]:
+            import zarr.api.asynchronous as za
+            from zarr.core.array import AsyncArray
+
+            node = await za.open(store=backend.zarr_store(read_only=True), mode="r")
+            if isinstance(node, AsyncArray):
+                return "array", {"": node}
+            names = requested
+            available = sorted([k async for k in node.array_keys()])
+            if names is None:
+                names = tuple(available)
+            out: dict[str, Any] = {}
+            for name in names:
+                try:
+                    member = await node.getitem(name)
+                except KeyError:
+                    return "missing", [name, *available]
+                if not isinstance(member, AsyncArray):
+                    return "group-member", [name]
+                out[name] = member
+            return "group", out
+
+        try:
+            kind, found = backend.run(open_all(), what)
+        except StoreNotFoundError as exc:
+            raise StoreNotFoundError(self._not_found_message(backend, exc)) from exc
+        except ZarrLoaderError:
+            raise
+        except Exception as exc:  # a zarr error raised outside the backend's translation
+            err = backend.translate(exc, what)
+            if isinstance(err, StoreNotFoundError):
+                err = StoreNotFoundError(self._not_found_message(backend, exc))
+            raise err from exc
+        if kind == "missing":
+            assert isinstance(found, list)
+            raise StoreNotFoundError(f"no array {found[0]!r} in {self.url}; available: {found[1:]}")
+        if kind == "group-member":
+            assert isinstance(found, list)
+            raise DatasetLayoutError(f"{self.url}/{found[0]} is a group, not an array: name its arrays instead")
+        assert isinstance(found, dict)
+        if kind == "array" and requested:
+            raise DatasetLayoutError(f"{self.url} is an array, not a group: drop arrays={list(requested)}")
+        if kind == "group" and not found:
+            raise DatasetLayoutError(f"group {self.url} has no arrays: point the URL at an array or a group holding some")
+        return {name: zarr.Array(aa) for name, aa in found.items()}
+
+    def _not_found_message(self, backend: Backend, exc: BaseException) -> str:
+        if self.location.bucket:
             try:
-                fs = filesystem(loc, self.options)
-                if not fs.exists(loc.bucket):
-                    return (f"bucket {loc.bucket!r} does not exist (or is not visible to these credentials) "
+                if backend.bucket_exists() is False:
+                    return (f"bucket {self.location.bucket!r} does not exist (or is not visible to these credentials) "
                             f"for {self.url}. Fix: check the bucket name, region and endpoint_url")
-            except Exception:  # the probe is best effort; the main message below still applies
+            except ZarrLoaderError:  # the probe is best effort; the main message below still applies
                 pass
         return (f"no Zarr array or group at {self.url} (no zarr.json/.zarray/.zgroup found): {exc}. "
                 "Fix: check the path; for a group's member append /NAME or pass arrays=[...]")
@@ -369,8 +375,8 @@ class ZarrSource:
     @property
     def received_arrays(self) -> tuple[str, ...]:
         """Of ``direct_arrays``, those whose chunks are received straight into the loader's own
-        writable memory (plain chunks on S3 via s3fs or on local disk, see receive): their
-        storage-order batches can be views. Opens metadata if needed."""
+        writable memory (plain chunks, on a backend with a receiver: s3fs, obstore, local files; see
+        receive): their storage-order batches can be views. Opens metadata if needed."""
         self._handles()
         return tuple(n for n, r in self._direct.items() if r is not None and r.receiver is not None)
 
@@ -419,20 +425,21 @@ class ZarrSource:
             data = self._gather_slices(handles, merged)
         return _split_ranges(ranges, merged, data)
 
-    def submit_ranges(self, ranges: Sequence[tuple[int, int]]) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
+    def submit_ranges(self, ranges: Sequence[tuple[int, int]], *,
+                      views: bool = True) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
         """Start reading ``ranges`` on zarr's event loop and return its future at once (no thread waits
         on it until the result is needed), or None when this zarr has no loop to submit to.
 
         Arrays with a simple layout are read as whole decoded chunks (``chunkread``; results may be
         read-only views of the received bytes, or writable views of one buffer per call where the
         chunks are received into memory we own, see ``receive``); the others through zarr's ``getitem``, adjacent ranges
-        merged. A failed future carries the raw exception: redo with ``read_ranges``, which goes
-        through zarr and names the chunk."""
-        try:
-            from zarr.core.sync import _get_loop
-        except ImportError:  # pragma: no cover - present in zarr 3.0 to 3.4
-            return None
+        merged. ``views``: the caller can use writable views of received memory (storage order).
+        Wait on the future with ``wait_fetch``: bounded by the deadline, storage errors translated;
+        other failures come back as None: redo with ``read_ranges``, which goes through zarr and
+        names the chunk."""
         handles = self._handles()
+        backend = self._backend
+        assert backend is not None
         direct = self._direct
         merged = _merge_ranges(ranges)
 
@@ -443,7 +450,7 @@ class ZarrSource:
             for name, arr in handles.items():
                 reader = direct.get(name)
                 if reader is not None:
-                    jobs.append((name, reader, [reader.read_many(ranges)]))
+                    jobs.append((name, reader, [reader.read_many(ranges, views=views)]))
                 else:
                     jobs.append((name, None, [_async_array(arr).getitem(slice(a, b)) for a, b in merged]))
             flat = await asyncio.gather(*(c for _, _, coros in jobs for c in coros))
@@ -459,14 +466,30 @@ class ZarrSource:
                     o[name] = x
             return out
 
-        import asyncio
+        return backend.submit(run())
 
-        return asyncio.run_coroutine_threadsafe(run(), _get_loop())
+    def wait_fetch(self, fut: concurrent.futures.Future[Any], ranges: Sequence[tuple[int, int]],
+                   timeout: float | None = None) -> Any:
+        """The result of a ``submit_ranges`` future, waiting at most ``timeout`` (default: the
+        deadline). A timeout or a storage failure (unreachable, denied) raises its ZarrLoaderError at
+        once; any other failure returns None: the caller redoes the read through zarr to name the chunk."""
+        backend = self._backend
+        assert backend is not None
+        what = f"fetching rows {_fmt_ranges(ranges)} of {self.url}"
+        try:
+            return backend.wait(fut, what, timeout)
+        except (StorageUnavailableError, AccessDeniedError):
+            raise
+        except ZarrLoaderError:
+            return None
+
+    def _run(self, coro: Any, what: str) -> Any:
+        backend = self._backend
+        assert backend is not None
+        return backend.run(coro, what)
 
     def _gather_slices(self, handles: dict[str, Any], segments: list[list[int]]) -> dict[str, list[np.ndarray]]:
         import asyncio
-
-        from zarr.core.sync import sync
 
         async def all_reads() -> list[Any]:
             coros = [
@@ -477,8 +500,10 @@ class ZarrSource:
             return await asyncio.gather(*coros)
 
         try:
-            flat = sync(all_reads())
-        except Exception:
+            flat = self._run(all_reads(), f"reading rows {_fmt_ranges(segments)} of {self.url}")
+        except (StorageUnavailableError, AccessDeniedError):
+            raise
+        except ZarrLoaderError:
             # redo one by one: the failing read raises with the chunk named
             return {name: [self.read_array_rows(name, a, b) for a, b in segments] for name in handles}
         n = len(segments)
@@ -488,7 +513,8 @@ class ZarrSource:
         """Rows [start, stop) of one array, with the same error naming as read_rows."""
         arr = self._handles()[name]
         try:
-            return np.asarray(arr[start:stop])
+            return np.asarray(self._run(_async_array(arr).getitem(slice(start, stop)),
+                                        f"reading {name or 'array'}[{start}:{stop}] of {self.url}"))
         except Exception as exc:
             raise self._read_error(exc, name, arr, (slice(start, stop),)) from exc
 
@@ -514,7 +540,9 @@ class ZarrSource:
                 for a, s0, n in zip(resolved, starts, size, strict=True):
                     sel[a] = slice(s0, s0 + n)
             try:
-                out[info.name] = np.asarray(arr[tuple(sel)])[0]
+                got = self._run(_async_array(arr).getitem(tuple(sel)),
+                                f"reading a patch of {info.name or 'array'}[{row}] of {self.url}")
+                out[info.name] = np.asarray(got)[0]
             except Exception as exc:
                 full = tuple(slice(s.start or 0, dim if s.stop is None else s.stop) for s, dim in zip(sel, info.shape, strict=True))
                 raise self._read_error(exc, info.name, arr, full) from exc
@@ -538,21 +566,21 @@ class ZarrSource:
 
     def _read_error(self, exc: BaseException, name: str, arr: Any, sel: tuple[slice, ...]) -> ZarrLoaderError:
         where = f"reading {name or 'array'}[{_fmt_sel(sel)}] of"
-        if is_connection_error(exc) or any(isinstance(e, (PermissionError, FileNotFoundError)) for e in _chain(exc)):
-            return translate_error(exc, self.url, where)
-        if any("non-partial response" in str(e) for e in _chain(exc)):  # obstore: the data is fine
-            why = (" (sharded arrays read shard indexes and inner chunks with ranged GETs)"
-                   if getattr(arr, "shards", None) else "")
-            return StorageUnavailableError(
-                f"the server answered a range request with the whole object while {where} {self.url}{why}. "
-                "Fix: use the default backend (StorageOptions(backend='fsspec')) for this server")
+        if isinstance(exc, (StorageUnavailableError, AccessDeniedError, StoreNotFoundError)):
+            return exc
+        backend = self._backend
+        if backend is not None:
+            kind = backend.classify_chain(exc)
+            if kind.retryable or kind in (ErrorKind.DENIED, ErrorKind.NOT_FOUND):
+                return backend.translate(exc, f"{where} {self.url}")
+        cause = exc.__cause__ if isinstance(exc, ZarrLoaderError) and exc.__cause__ is not None else exc
         bad = self._find_bad_chunk(arr, sel)
         if bad is None:
-            return ChunkReadError(f"failed {where} {self.url}: {type(exc).__name__}: {exc}")
+            return ChunkReadError(f"failed {where} {self.url}: {type(cause).__name__}: {cause}")
         key, inner = bad
         detail = f" (inner chunk {inner} of the shard)" if inner is not None else ""
         return ChunkReadError(
-            f"corrupt or undecodable chunk {key}{detail} while {where} {self.url}: {type(exc).__name__}: {exc}. "
+            f"corrupt or undecodable chunk {key}{detail} while {where} {self.url}: {type(cause).__name__}: {cause}. "
             "Fix: rewrite that object from the original data (zarrloader sync can copy a good replica), "
             "or check the codecs installed match the array's metadata",
             key=key,
@@ -573,7 +601,9 @@ class ZarrSource:
                 break
             region = tuple(slice(c * k, min((c + 1) * k, size)) for c, k, size in zip(coords, chunks, arr.shape, strict=True))
             try:
-                arr[region]
+                self._run(_async_array(arr).getitem(region), f"re-reading chunk {coords} of {self.url}")
+            except (StorageUnavailableError, AccessDeniedError):
+                raise
             except Exception:
                 if shards:
                     ratio = [s // c for s, c in zip(shards, chunks, strict=True)]
@@ -609,6 +639,11 @@ def _split_ranges(ranges: Sequence[tuple[int, int]], merged: list[list[int]],
         out.append({name: parts[seg][offset : offset + b - a] for name, parts in data.items()})
         offset += b - a
     return out
+
+
+def _fmt_ranges(ranges: Sequence[Any]) -> str:
+    text = ", ".join(f"{a}:{b}" for a, b in ranges[:4])
+    return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > 4 else "")
 
 
 def _fmt_sel(sel: tuple[slice, ...]) -> str:

@@ -1,6 +1,7 @@
-"""URLs and storage options: turn ``s3://``, ``gs://``, ``http(s)://``, ``file://`` or a path into a
-zarr store and an fsspec filesystem, with connection pools, retries, timeouts and checksum settings
-that work against AWS and S3-compatible servers alike.
+"""URLs and storage options: ``StorageOptions`` (how to reach the storage) and ``parse_url`` (``s3://``,
+``gs://``, ``http(s)://``, ``file://`` or a path). What reaches the storage is a backend
+(``zarrloader.backends``); the functions at the end of this module are thin compatibility wrappers
+over them for code written before backends were modules.
 
 Credentials are never taken as code arguments by default: the standard chains apply (environment,
 ``AWS_PROFILE``/``profile``, instance or IRSA role for S3; application-default credentials for GCS).
@@ -9,7 +10,6 @@ Raw fsspec keys (``key``/``secret``/``token``) can still be passed through ``ext
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,31 +18,34 @@ from urllib.parse import urlparse
 
 from .errors import InvalidURLError
 
-BACKENDS = ("fsspec", "obstore")
+#: what ``StorageOptions(backend=...)`` accepts besides None (the fastest for the scheme); local paths
+#: always use the local-files backend
+BACKENDS = ("obstore", "fsspec")
 REMOTE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
 
 
 @dataclass(frozen=True)
 class StorageOptions:
-    """How to reach the storage. Every field has a safe default; unknown backends ignore S3-only ones.
+    """How to reach the storage. Every field has a safe default; backends ignore fields of other services.
 
     anon: unsigned requests (public buckets).
-    profile: named AWS profile (else the default credential chain).
+    profile: named AWS profile from the shared config/credentials files (else the default chain).
     endpoint_url: S3-compatible server (MinIO, Ceph, rclone, R2...). ``AWS_ENDPOINT_URL(_S3)`` in the
-        environment works too (read by botocore itself).
-    region: bucket region; None lets botocore find it.
+        environment (or the profile's endpoint) works too, on every backend.
+    region: bucket region; None: from ``AWS_REGION``/``AWS_DEFAULT_REGION`` or the profile, else found.
     requester_pays: add the requester-pays header (S3) / user project (GCS).
     checksum: botocore response/request checksum mode. "when_required" is the default because
         several S3-compatible servers return whole-object checksums on ranged GETs, which makes
         botocore >= 1.36 reject valid range reads under "when_supported".
     max_connections: HTTP connection pool size; None = sized by the loader from its concurrency.
-    retries: attempts per request (botocore "standard" mode) before an error is raised.
-    connect_timeout, read_timeout: seconds; bound every request so a dead server cannot hang a read.
+    retries: retries after the first attempt of a request (so ``retries + 1`` attempts).
+    connect_timeout, read_timeout: seconds to open a connection, and to wait for the next bytes of an
+        answer. Every storage operation ends, in error if need be, within ``connect_timeout +
+        read_timeout x (retries + 1)`` plus 2 s (``backends.Deadline``): 67 s with the defaults.
     extra: raw fsspec options merged last (e.g. ``key``/``secret`` for a test server, ``token`` for GCS).
-    backend: "fsspec" (s3fs/gcsfs/aiohttp; every scheme) or "obstore" (zarr's ObjectStore on obstore's
-        Rust client; s3:// only, opt-in; far less CPU per request, see ``objstore``). Under obstore,
-        ``read_timeout`` bounds a whole request (connect to last byte), not each socket read, and
-        ``max_connections`` is not used: requests in flight are bounded by the loader's fetch limit.
+    backend: None (default): the fastest backend for the scheme: "obstore" for s3:// (zarr's ObjectStore
+        on obstore's Rust client), "fsspec" for gs:// and http(s)://; local paths always use plain
+        files. "fsspec" or "obstore" to choose (see ``zarrloader.backends``).
     """
 
     anon: bool = False
@@ -52,15 +55,22 @@ class StorageOptions:
     requester_pays: bool = False
     checksum: str = "when_required"
     max_connections: int | None = None
-    retries: int = 3
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    retries: int = 2
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
     extra: Mapping[str, Any] = field(default_factory=dict)
-    backend: str = "fsspec"
+    backend: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown storage backend {self.backend!r}: choose one of {list(BACKENDS)}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"unknown storage backend {self.backend!r}: choose one of {list(BACKENDS)}, "
+                             "or None for the fastest for the URL's scheme")
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"StorageOptions.{name} must be a number of seconds > 0, got {value!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"StorageOptions.retries must be an integer >= 0, got {self.retries!r}")
 
     def with_connections(self, n: int) -> StorageOptions:
         """The same options with a pool of at least ``n`` connections (unless the user fixed one)."""
@@ -129,133 +139,58 @@ def parse_url(url: str | os.PathLike[str]) -> Location:
     return Location(url=f"{scheme}://{path}", protocol=protocol, path=path)
 
 
-_SESSIONS: dict[tuple[Any, ...], Any] = {}
-
-
-def _aio_session(profile: str | None) -> Any:
-    """One aiobotocore session per (process, profile): creating a client from a fresh session re-reads
-    botocore's service models (~0.3 s); a shared session makes every new filesystem cheap. Keyed by
-    pid (a forked child never reuses its parent's) and by the AWS_* environment, because a session
-    caches the credentials it resolved."""
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-    key = (os.getpid(), profile, env)
-    if key not in _SESSIONS:
-        import aiobotocore.session
-
-        _SESSIONS[key] = aiobotocore.session.AioSession(profile=profile)
-    return _SESSIONS[key]
-
-
-def _botocore_supports(option: str) -> bool:
-    try:
-        from botocore.config import Config
-    except ImportError:  # pragma: no cover - s3fs always brings botocore
-        return False
-    return option in getattr(Config, "OPTION_DEFAULTS", {})
-
-
+# -- compatibility wrappers over the backends (code written before backends were modules) ------------------
 def fsspec_options(loc: Location, opts: StorageOptions, *, asynchronous: bool = False) -> dict[str, Any]:
-    """fsspec keyword arguments for ``loc``'s filesystem. A fresh (uncached) instance every time, so
-    that pool sizes differ per use and nothing is shared across a fork."""
-    out: dict[str, Any] = {"skip_instance_cache": True}
-    if asynchronous:
-        out["asynchronous"] = True
-    if loc.protocol == "s3":
-        if opts.anon:
-            out["anon"] = True
-        if asynchronous and "session" not in opts.extra:  # (a session object makes fs.to_json() fail)
-            out["session"] = _aio_session(opts.profile)
-        if opts.profile:
-            out["profile"] = opts.profile
-        if opts.requester_pays:
-            out["requester_pays"] = True
-        # Recent s3fs HEADs every object before a whole-object GET (to split objects over its block
-        # size into parallel ranges): one extra round trip per chunk. Chunks are far below that size
-        # and our concurrency is across chunks, so turn the split (and the HEAD) off.
-        out["max_concurrency"] = 1
-        client: dict[str, Any] = {}
-        if opts.endpoint_url:
-            client["endpoint_url"] = opts.endpoint_url
-        if opts.region:
-            client["region_name"] = opts.region
-        config: dict[str, Any] = {
-            "connect_timeout": opts.connect_timeout,
-            "read_timeout": opts.read_timeout,
-            "retries": {"max_attempts": max(1, opts.retries), "mode": "standard"},
-        }
-        if opts.max_connections:
-            config["max_pool_connections"] = opts.max_connections
-        for name in ("response_checksum_validation", "request_checksum_calculation"):
-            if _botocore_supports(name):
-                config[name] = opts.checksum
-        out["client_kwargs"] = client
-        out["config_kwargs"] = config
-    elif loc.protocol == "gcs":
-        if opts.anon:
-            out["token"] = "anon"
-        if opts.requester_pays:
-            out["requester_pays"] = True
-        if opts.endpoint_url:
-            out["endpoint_url"] = opts.endpoint_url
-    elif loc.protocol == "http":
-        out["client_kwargs"] = {}
-    # user-supplied raw options win, nested dicts merged one level deep
-    for k, v in opts.extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = v
-    if loc.protocol == "file":
-        out = {k: v for k, v in out.items() if k not in ("skip_instance_cache", "asynchronous")}
-    return out
+    """fsspec keyword arguments for ``loc``'s filesystem (see ``backends.fsspec.fsspec_options``)."""
+    from .backends.fsspec import fsspec_options as options
+
+    return options(loc, opts, asynchronous=asynchronous)
 
 
 def filesystem(loc: Location, opts: StorageOptions, *, asynchronous: bool = False) -> Any:
-    """An fsspec filesystem for ``loc`` (sync by default: for listing, raw GETs and writes)."""
+    """An fsspec filesystem for ``loc`` (sync by default: for listing, raw GETs and writes), with the
+    same retries and timeouts as the fsspec backend. New code: ``backends.open_backend``."""
+    if asynchronous:
+        from .backends.fsspec import FsspecBackend
+
+        return FsspecBackend(loc, opts).filesystem() if loc.protocol != "file" else _local_fs()
+    if loc.protocol == "file":
+        return _local_fs()
+    from .backends.fsspec import sync_filesystem
+
+    return sync_filesystem(loc, opts)
+
+
+def _local_fs() -> Any:
     import fsspec
 
-    proto = {"gcs": "gs", "http": "https" if loc.url.startswith("https") else "http"}.get(loc.protocol, loc.protocol)
-    return fsspec.filesystem(proto, **fsspec_options(loc, opts, asynchronous=asynchronous))
+    return fsspec.filesystem("file")
+
+
+# stores made by zarr_store(), so that close_store() finds the backend that owns each one
+_OWNERS: dict[int, tuple[Any, Any]] = {}
 
 
 def zarr_store(loc: Location, opts: StorageOptions, *, read_only: bool = True) -> Any:
-    """A zarr 3 store for ``loc``: LocalStore for files, FsspecStore (async fsspec) otherwise."""
-    from zarr.storage import FsspecStore, LocalStore
+    """A zarr 3 store for ``loc`` from the backend ``opts`` choose (``backends.open_backend``); close it
+    with ``close_store``. New code: keep the backend and call ``backend.close()``."""
+    import weakref
 
-    if loc.protocol == "file":
-        return LocalStore(loc.path, read_only=read_only)
-    if loc.read_only and not read_only:
-        raise InvalidURLError(f"{loc.url} is read-only (http/https): write to s3://, gs:// or a path instead")
-    if opts.backend == "obstore":
-        from .objstore import obstore_zarr_store
+    from .backends import open_backend
 
-        return obstore_zarr_store(loc, opts, read_only=read_only)
-    return FsspecStore.from_url(loc.url, storage_options=fsspec_options(loc, opts, asynchronous=True), read_only=read_only)
+    backend = open_backend(loc, opts)
+    store = backend.zarr_store(read_only=read_only)
+    key = id(store)
+    _OWNERS[key] = (weakref.ref(store), backend)
+    weakref.finalize(store, _OWNERS.pop, key, None)
+    return store
 
 
 def close_store(store: Any, timeout: float = 5.0) -> None:
-    """Close the HTTP client behind a zarr store from ``zarr_store`` now, on zarr's event loop where
-    s3fs created it. Left to garbage collection, aiohttp prints "Unclosed client session/connector"."""
-    client = getattr(getattr(store, "fs", None), "_s3", None)  # s3fs' aiobotocore client
-    if client is None:
-        return
-    import asyncio
-
-    try:
-        from zarr.core.sync import _get_loop
-
-        loop = _get_loop()
-    except Exception:  # no loop (or another zarr): nothing we can close cleanly
-        return
-    if not loop.is_running():
-        return
-    with contextlib.suppress(RuntimeError):
-        if asyncio.get_running_loop() is loop:  # called on the loop itself: schedule, never wait
-            loop.create_task(client.close())
-            return
-    # bounded: this also runs at interpreter exit, which a stuck connection must not hang
-    with contextlib.suppress(Exception):
-        asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout)
+    """Close the client behind a store from ``zarr_store`` now (bounded wait; also safe at exit)."""
+    entry = _OWNERS.pop(id(store), None)
+    if entry is not None and entry[0]() is store:
+        entry[1].close()
 
 
 def object_path(loc: Location) -> str:

@@ -23,16 +23,34 @@ def plan() -> dict:
 
 def test_targets_per_variant_and_layer_with_abstract_parents(plan: dict) -> None:
     m = load_matrix()
-    expected = {f"{v}-{layer}" for v in m.variants for layer in LAYERS}
+    expected = {f"{v.name}-{layer}" for v in m.variants.values() for layer in m.layers_of(v)}
     assert set(plan["target"]) == expected
+    assert "cu124-devel" in expected and "cu118-devel" not in expected  # devel only where the matrix has it
     for name, target in plan["target"].items():
         assert target["inherits"] == [f"_{name.rsplit('-', 1)[1]}"]
 
 
 def test_groups(plan: dict) -> None:
     assert plan["group"]["default"]["targets"] == ["cu124-data"]
-    assert len(plan["group"]["all"]["targets"]) == 9
+    m = load_matrix()
+    assert len(plan["group"]["all"]["targets"]) == sum(len(m.layers_of(v)) for v in m.variants.values())
     assert plan["group"]["cu118"]["targets"] == ["cu118-base", "cu118-torch", "cu118-data"]
+    assert plan["group"]["cu124"]["targets"] == ["cu124-base", "cu124-torch", "cu124-data", "cu124-devel"]
+
+
+def test_platforms_are_rendered_per_variant(plan: dict) -> None:
+    m = load_matrix()
+    for v in m.variants.values():
+        assert plan["target"][f"{v.name}-data"]["platforms"] == list(v.platforms)
+    assert "linux/arm64" in plan["target"]["cu126-data"]["platforms"]
+
+
+def test_arm64_torch_pins_where_no_cuda_build_exists() -> None:
+    m = load_matrix()
+    v = m.variant("cu126")
+    assert m.torch_requirements(v, "linux/amd64") == ["torch==2.6.0+cu126", "torchvision==0.21.0+cu126",
+                                                       "torchaudio==2.6.0+cu126"]
+    assert m.torch_requirements(v, "linux/arm64") == ["torch==2.6.0+cu126", "torchvision==0.21.0", "torchaudio==2.6.0"]
 
 
 def test_args_tags_and_labels_come_from_the_matrix(plan: dict) -> None:
@@ -60,7 +78,7 @@ def test_a_data_stack_change_does_not_touch_base_or_torch_args() -> None:
     changed = m.__class__(**{**m.__dict__, "data_stack": {**m.data_stack, "zarr": "9.9.9"}})
     after = build_args(changed, v, ctx)
     differs = {k for k in before if before[k] != after[k]}
-    assert differs == {"DATA_REQUIREMENTS", "BUILD_INFO_DATA"}
+    assert differs == {"DATA_REQUIREMENTS", "BUILD_INFO_DATA", "BUILD_INFO_DEVEL"}
 
 
 def test_dockerfile_holds_no_version_pins_and_needs_no_pull(repo: Path) -> None:
@@ -70,7 +88,7 @@ def test_dockerfile_holds_no_version_pins_and_needs_no_pull(repo: Path) -> None:
     assert not re.search(r"==\s*\d", text), "pins belong in images/matrix.toml"
     pins = {*m.torch.values(), *m.data_stack.values()}
     for v in m.variants.values():
-        pins |= {*v.wheels.values(), v.cudnn, v.nccl, v.cudart}
+        pins |= {*v.wheels.values(), v.cudnn, v.nccl, v.cudart, *v.devel.values(), *v.devel_debs.values()}
     leaked = sorted(p for p in pins if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", text))
     assert not leaked, f"versions retyped in the Dockerfile: {leaked}"
     stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, re.M)
@@ -92,7 +110,8 @@ def test_bake_print_resolves_all_targets(repo: Path, need_docker: None, tmp_path
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout)
     targets = printed["target"]
-    assert len(targets) == 9
+    m = load_matrix()
+    assert len(targets) == sum(len(m.layers_of(v)) for v in m.variants.values())
     assert targets["cu126-torch"]["target"] == "torch"
     assert targets["cu124-data"]["dockerfile"].endswith("docker/Dockerfile")
     assert targets["cu118-base"]["args"]["TORCH_INDEX_URL"].endswith("/cu118")

@@ -59,10 +59,11 @@ def test_tags_per_layer_and_default_alias() -> None:
 def test_build_info_of_lower_layers_leaves_out_what_they_do_not_contain() -> None:
     m = load_matrix()
     v = m.variant()
-    base, torch, data = (m.build_info(v, layer) for layer in LAYERS)
+    base, torch, data, devel = (m.build_info(v, layer) for layer in LAYERS)
     assert "torch" not in base and "data_stack" not in base
     assert torch["torch"] == m.torch["torch"] and "data_stack" not in torch
-    assert data["data_stack"] == dict(m.data_stack)
+    assert data["data_stack"] == dict(m.data_stack) and "devel" not in data
+    assert devel["devel_debs"] == dict(v.devel_debs) and devel["layer"] == "devel"
 
 
 def test_cu121_is_explained_not_just_unknown() -> None:

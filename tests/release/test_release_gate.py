@@ -117,9 +117,12 @@ def test_release_tags() -> None:
 def test_ci_matrix_comes_from_the_matrix() -> None:
     m = load_matrix()
     out = ci_matrix.build(m)
-    assert [e["variant"] for e in out["include"]] == list(m.variants)
+    assert [(e["variant"], e["platform"]) for e in out["include"]] == [
+        (v.name, p) for v in m.variants.values() for p in v.platforms]
     default = next(e for e in out["include"] if e["variant"] == m.default_variant)
     assert default["image"] == "pytorch-cuda:v2.6-cu124" and default["default"] is True
+    arm = next(e for e in out["include"] if e["platform"] == "linux/arm64")
+    assert arm["variant"] == "cu126" and arm["runner"] == "ubuntu-24.04-arm" and "arm64" in arm["gpu_runner"]
 
 
 def test_ci_matrix_github_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -132,4 +135,4 @@ def test_ci_matrix_github_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     printed = json.loads(capsys.readouterr().out)
     key, _, value = out.read_text().strip().partition("=")
     assert key == "matrix" and json.loads(value) == printed
-    assert len(printed["include"]) == len(load_matrix().variants)
+    assert len(printed["include"]) == sum(len(v.platforms) for v in load_matrix().variants.values())

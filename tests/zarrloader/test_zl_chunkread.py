@@ -126,15 +126,36 @@ def test_storage_order_batches_are_views_of_one_fetch(scratch_s3: S3Server) -> N
     assert (batches[0] == 0).all()
 
 
-def test_receivers_exist_only_for_stores_whose_read_path_is_known(scratch_s3: S3Server, tmp_path) -> None:
-    from zarr.storage import LocalStore, MemoryStore
+def test_receivers_come_from_the_backends_that_know_their_read_path(scratch_s3: S3Server, tmp_path) -> None:
+    from zarrloader import StorageOptions
+    from zarrloader.backends import open_backend
+    from zarrloader.storage import parse_url
 
-    from zarrloader.receive import receiver_for
+    def receiver(url: str, backend: str | None = None) -> object:
+        return open_backend(parse_url(url), StorageOptions(extra=scratch_s3.storage_options(), backend=backend)).receiver()
 
-    assert receiver_for(_store(scratch_s3, "x.zarr")) is not None
-    assert receiver_for(LocalStore(str(tmp_path))) is not None
-    assert receiver_for(MemoryStore()) is None
-    assert receiver_for(FsspecStore.from_url("http://127.0.0.1:9/x.zarr")) is None
+    s3fs_receiver, obstore_receiver = receiver("s3://data/x.zarr", "fsspec"), receiver("s3://data/x.zarr")
+    assert s3fs_receiver is not None and not s3fs_receiver.extra_copy
+    # obstore hands over its own buffer: receiving costs a copy, worth it only for storage order
+    assert obstore_receiver is not None and obstore_receiver.extra_copy
+    local = open_backend(parse_url(str(tmp_path)), StorageOptions()).receiver()
+    assert local is not None and not local.extra_copy
+    assert open_backend(parse_url("http://127.0.0.1:9/x.zarr"), StorageOptions()).receiver() is None
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_obstore_receives_storage_order_only(scratch_s3: S3Server, shuffle: bool) -> None:
+    """Storage order: received into one buffer per fetch (batches are views); shuffled: gathered
+    straight from obstore's buffers (receiving first would copy every byte twice)."""
+    data = rng.random((64, 16, 16), dtype=np.float32)
+    url = _write(scratch_s3, f"obs-{shuffle}.zarr", data, (8, 16, 16), compressors=None)
+    src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+    assert src.backend_name == "obstore" and src.received_arrays == ("",)
+    fut = src.submit_ranges([(0, 8), (8, 16)], views=not shuffle)
+    got = src.wait_fetch(fut, [(0, 8), (8, 16)])
+    assert [bool(g[""].flags.writeable) for g in got] == [not shuffle] * 2
+    np.testing.assert_array_equal(np.concatenate([g[""] for g in got]), data[:16])
+    src.close()
 
 
 @pytest.mark.parametrize("change", ["longer", "shorter"])
@@ -196,7 +217,7 @@ class _FaultyS3:
 
     @property
     def options(self) -> dict[str, object]:
-        return {"key": "k", "secret": "s", "asynchronous": True, "max_concurrency": 1,
+        return {"key": "k", "secret": "s",
                 "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{self.sock.getsockname()[1]}",
                                   "region_name": "us-east-1"},
                 "config_kwargs": {"response_checksum_validation": "when_required",
@@ -234,13 +255,17 @@ class _FaultyS3:
 def test_s3_receiver_retries_a_cut_body_and_refuses_an_overlong_one() -> None:
     import asyncio
 
-    from zarrloader.receive import ObjectSizeError, receiver_for
+    from zarrloader import StorageOptions
+    from zarrloader.backends.fsspec import FsspecBackend
+    from zarrloader.receive import ObjectSizeError
+    from zarrloader.storage import parse_url
 
     server = _FaultyS3(100_000)
     out = np.zeros(100_000, dtype=np.uint8)
+    backend = FsspecBackend(parse_url("s3://bkt/a.zarr"), StorageOptions(extra=server.options))
 
     async def run() -> None:
-        receive = receiver_for(FsspecStore.from_url("s3://bkt/a.zarr", storage_options=server.options, read_only=True))
+        receive = backend.receiver()
         assert receive is not None
         server.faults = ["cut", "cut"]  # two connections reset mid-body, then a good answer
         assert await receive("c/0", memoryview(out))

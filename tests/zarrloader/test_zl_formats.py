@@ -21,9 +21,11 @@ def full_epoch(src: ZarrSource, **kw) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in out.items()}
 
 
+@pytest.mark.parametrize("backend", [None, "fsspec"])  # None: the default, obstore for s3://
 @pytest.mark.parametrize("name", DATASETS)
-def test_every_format_and_codec_over_s3(datasets: Datasets, name: str) -> None:
-    src = ZarrSource(datasets.url(name), storage_options=datasets.options)
+def test_every_format_and_codec_over_s3(datasets: Datasets, name: str, backend: str | None) -> None:
+    src = ZarrSource(datasets.url(name), storage_options=StorageOptions(extra=datasets.options, backend=backend))
+    assert src.backend_name == (backend or "obstore")
     got = full_epoch(src)
     np.testing.assert_array_equal(got["index"], np.arange(N))
     np.testing.assert_array_equal(got["images"], images())
@@ -67,6 +69,7 @@ def test_standard_credential_chain_from_environment(datasets: Datasets, monkeypa
     for k, v in datasets.server.env().items():
         monkeypatch.setenv(k, v)
     src = ZarrSource(f"s3://{BUCKET}/v3.zarr", storage_options=StorageOptions(profile=None))
+    assert src.backend_name == "obstore"  # the default for s3://, endpoint from AWS_ENDPOINT_URL
     assert len(src) == N
     np.testing.assert_array_equal(src.read_rows(10, 12)["labels"], labels()[10:12])
 
@@ -77,10 +80,11 @@ def test_storage_options_map_to_fsspec() -> None:
     assert s3["anon"] is True and s3["requester_pays"] is True
     assert s3["client_kwargs"] == {"endpoint_url": "http://x:1", "region_name": "eu-west-1"}
     cfg = s3["config_kwargs"]
-    assert cfg["max_pool_connections"] == 64 and cfg["retries"] == {"max_attempts": 4, "mode": "standard"}
+    # retries counts retries after the first attempt
+    assert cfg["max_pool_connections"] == 64 and cfg["retries"] == {"max_attempts": 5, "mode": "standard"}
     assert cfg["response_checksum_validation"] == "when_required"
     gs = fsspec_options(parse_url("gs://b/k"), StorageOptions(anon=True, requester_pays=True))
     assert gs["token"] == "anon" and gs["requester_pays"] is True
     # raw dicts are merged over the defaults, one level deep
     merged = fsspec_options(parse_url("s3://b/k"), StorageOptions.coerce({"config_kwargs": {"read_timeout": 5}}))
-    assert merged["config_kwargs"]["read_timeout"] == 5 and merged["config_kwargs"]["connect_timeout"] == 10.0
+    assert merged["config_kwargs"]["read_timeout"] == 5 and merged["config_kwargs"]["connect_timeout"] == 5.0
