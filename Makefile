@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml src/zarrloader/pyproject.toml src/smokesuite/
 	$(PY) -m pip install -q $(HOST_TORCH)
 	@$(PY) -m pip uninstall -y -q pytorch-cuda 2>/dev/null || true  # the single distribution of old checkouts
 	$(PY) -m pip install -q -e src/smokesuite -e src/zarrloader -e 'src/imagectl[sbom]'
-	$(PY) -m pip install -q --group dev
+	$(PY) -m pip install -q --group dev --group bench
 	@touch $@
 
 setup: $(VENV)/.installed  ## create the host venv (.venv) with the tools and test deps
@@ -53,7 +53,7 @@ base-os: docker  ## registry-less OS base: debootstrap + docker import -> pytorc
 lock: setup  ## (re)write images/locks/ from the matrix (hash-locked, per variant/layer/platform) [VARIANT=]
 	$(IMAGECTL) lock $(if $(VARIANT),--variant $(VARIANT))
 
-build: setup  ## build VARIANT (default cu124) TARGET=data|torch|base [OS_IMAGE=] [CA_BUNDLE=] [UNLOCKED=1]
+build: setup  ## build VARIANT (default cu124) TARGET=data|torch|base|devel [OS_IMAGE=] [CA_BUNDLE=] [UNLOCKED=1]
 	@$(IMAGECTL) build $(BUILD_FLAGS) --dry-run >/dev/null  # an unknown variant fails here, before any Docker work
 	@$(MAKE) --no-print-directory docker
 	$(IMAGECTL) build $(BUILD_FLAGS)

@@ -9,6 +9,7 @@ from types import ModuleType
 import pytest
 
 from smokesuite.buildinfo import BuildInfo
+from smokesuite.expect import DATA_LAYERS
 from smokesuite.plugin import Figures
 from smokesuite.versions import cudnn_int_to_tuple, public_version, same_release
 
@@ -83,7 +84,7 @@ def test_runtime_wheels_match_pins(pins: BuildInfo, figures: Figures) -> None:
 
 def test_data_stack_matches_pins(pins: BuildInfo, figures: Figures) -> None:
     stack = pins.data_stack
-    if pins.get("layer") not in (None, "data") or not stack:
+    if pins.get("layer") not in (None, *DATA_LAYERS) or not stack:
         pytest.skip(f"layer {pins.get('layer')!r} carries no data stack")
     figures["packages_checked"] = len(stack)
     bad = _mismatches(stack)

@@ -29,6 +29,7 @@ class BuildRequest:
     dry_run: bool = False
     unlocked: bool = False  # resolve at build time instead of installing the locks (labelled locked=false)
     platform: str | None = None  # None: this machine's (the docker driver builds and loads one platform)
+    no_cache: bool = False  # rebuild every step (reproducibility checks: two such builds, then `imagectl diff`)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
                               f"platform unless --platform says otherwise); build it on such a machine")
     plan = write_plan(matrix, ctx, GENERATED)
     # the engine's own driver builds and loads one platform at a time: this one
-    cmd = bake_command(plan, targets, "--progress", req.progress, "--set", f"*.platform={platform}")
+    cmd = bake_command(plan, targets, "--progress", req.progress, "--set", f"*.platform={platform}",
+                       *(["--no-cache"] if req.no_cache else []))
     env = dict(os.environ)
     if req.ca_bundle:
         if not req.ca_bundle.is_file():
@@ -139,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="variant to build (repeatable; 'all' for every variant; default: the matrix default)")
     parser.add_argument("--target", default="data", choices=[*LAYERS, "all"],
-                        help="layer to build (default: data; all = base, torch and data in one bake run)")
+                        help="layer to build (default: data; all = every layer of the variant, devel included, in one bake run)")
     parser.add_argument("--os-image", default=os.environ.get("OS_IMAGE") or None,
                         help=f"OS base image (default: the matrix's; {LOCAL_OS_IMAGE} after `make base-os`)")
     parser.add_argument("--python", default=None, help="override the matrix's Python version (must match the OS)")
@@ -152,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlocked", action="store_true",
                         help="resolve the matrix's pins at build time instead of installing the hash locks "
                              "(for variants that cannot be locked here; labelled io.pytorch-cuda.locked=false)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="rebuild every step, no build cache (reproducibility: build twice, then imagectl diff)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     variants = tuple(v for arg in args.variant for v in arg.split(",") if v)
     req = BuildRequest(variants=variants, layer=args.target, os_image=args.os_image, python=args.python,
                        ca_bundle=args.ca_bundle, registry=args.registry, progress=args.progress,
-                       dry_run=args.dry_run, unlocked=args.unlocked, platform=args.platform)
+                       dry_run=args.dry_run, unlocked=args.unlocked, platform=args.platform,
+                       no_cache=args.no_cache)
     try:
         result = build(matrix, req)
     except DockerError as exc:

@@ -41,7 +41,7 @@ def build(matrix: Matrix, only: list[str] | None = None) -> dict[str, Any]:
                 "image": refs["data"],
                 "torch_image": refs["torch"],
                 "base_image": refs["base"],
-                "bake_group": v.name,  # docker buildx bake group: the variant's base, torch and data targets
+                "bake_group": v.name,  # docker buildx bake group: every target of the variant (devel included)
                 # several platforms: each releases its own -<arch> tags, `imagectl manifest` joins them
                 "tag_suffix": f"-{platform.split('/')[1]}" if len(v.platforms) > 1 else "",
                 "multi_platform": len(v.platforms) > 1,

@@ -163,9 +163,14 @@ def platforms_of(variants: list[Variant]) -> list[str]:
     return list(dict.fromkeys(p for v in variants for p in v.platforms))
 
 
-def check_all(matrix: Matrix, variants: list[Variant], root: Path = LOCK_ROOT) -> list[LockStatus]:
-    return ([check_tools_lock(matrix, p, root) for p in platforms_of(variants)]
-            + [check_lock(matrix, v, layer, p, root) for v in variants for p in v.platforms
+def check_all(matrix: Matrix, variants: list[Variant], root: Path = LOCK_ROOT,
+              platforms: list[str] | None = None) -> list[LockStatus]:
+    """Every lock of ``variants`` (only on ``platforms`` when given: a runner checks its own platform)."""
+    def wanted(p: str) -> bool:
+        return platforms is None or p in platforms
+
+    return ([check_tools_lock(matrix, p, root) for p in platforms_of(variants) if wanted(p)]
+            + [check_lock(matrix, v, layer, p, root) for v in variants for p in v.platforms if wanted(p)
                for layer in matrix.layers_of(v)])
 
 
@@ -231,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(matrix: Matrix, variants: list[Variant], args: argparse.Namespace) -> int:
-    statuses = check_all(matrix, variants, args.locks_dir)
+    statuses = check_all(matrix, variants, args.locks_dir, args.platform)
     bad = [s for s in statuses if s.state in ("stale", "malformed")]
     missing = [s for s in statuses if s.state == "missing"]
     for s in statuses:

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +114,7 @@ class ReleasePlan:
     repository: str
     images: tuple[LayerRelease, ...]
     immutable_refs: tuple[str, ...]  # the stamped tags (data, devel): never moved
+    notes: tuple[str, ...] = ()  # what the default layer set left out, and why
 
 
 def _layers_prefix(inner: ImageInfo, outer: ImageInfo) -> bool:
@@ -163,12 +165,14 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
     variant = matrix.variant(variant_name)
     repository = repository or matrix.image.name
     reg = check_destination(registry, repository)
-    layers = layers or matrix.layers_of(variant)
+    local_name = local_name or matrix.image.name
+    notes: tuple[str, ...] = ()
+    if not layers:
+        layers, notes = default_layers(matrix, variant, local_name)
     for layer in layers:
         if layer not in matrix.layers_of(variant):
             raise GateRefused(f"layer {layer!r} is not released for {variant.name}: choose from "
                               f"{', '.join(matrix.layers_of(variant))}")
-    local_name = local_name or matrix.image.name
     if reports is None:
         dirs = [Path(d) for d in (report_dirs if report_dirs is not None else DEFAULT_REPORT_DIRS)]
         reports = find_reports([Path(f) for f in report_files or []], dirs)
@@ -222,7 +226,27 @@ def plan_release(matrix: Matrix, variant_name: str | None, registry: str, *, lay
             raise GateRefused(str(exc)) from None
         out.append(LayerRelease(layer, ref, image, own, basis, own_gpu, refs))
     immutable = tuple(img.refs[-1] for img in out if img.layer in gated)
-    return ReleasePlan(variant.name, str(reg), repository, tuple(out), immutable)
+    return ReleasePlan(variant.name, str(reg), repository, tuple(out), immutable, notes)
+
+
+def default_layers(matrix: Matrix, variant: Variant, local_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every layer the variant has, except a devel image that was never built (an optional target).
+
+    Named with --layers, a missing devel image is refused instead. Returns (layers, notes)."""
+    layers = matrix.layers_of(variant)
+    if "devel" not in layers or _built(matrix, variant, "devel", local_name):
+        return layers, ()
+    return tuple(x for x in layers if x != "devel"), (
+        f"devel left out: no local image {local_name}:{matrix.tags_for(variant, 'devel')[0]} (build it with "
+        f"`make build VARIANT={variant.name} TARGET=devel`; name it in --layers to make its absence an error)",)
+
+
+def _built(matrix: Matrix, variant: Variant, layer: str, local_name: str) -> bool:
+    try:
+        inspect_image(f"{local_name}:{matrix.tags_for(variant, layer)[0]}")
+    except DockerError:
+        return False
+    return True
 
 
 # -- doing it -------------------------------------------------------------------------------------
@@ -260,15 +284,27 @@ def preflight(plan: ReleasePlan, docker: str = "docker") -> None:
             )
 
 
+def _local_id(ref: str, docker: str) -> str | None:
+    res = _docker(docker, "image", "inspect", "--format", "{{.Id}}", ref, timeout=60)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
 def push_image(img: LayerRelease, docker: str = "docker") -> str:
     """Tag by image ID (so a tag moved meanwhile cannot change what goes out), push, verify; the digest."""
     digests: set[str] = set()
     for ref in img.refs:
+        # A local tag of that name (a release pulled earlier) is put back afterwards, never moved or removed.
+        before = _local_id(ref, docker)
         res = _docker(docker, "tag", img.image.id, ref)
         if res.returncode != 0:
             raise PushFailed(f"docker tag {img.image.id[:19]} {ref} failed: {res.stderr.strip()}")
-        res = _docker(docker, "push", ref)
-        _docker(docker, "rmi", ref)  # only an untag: the image keeps its other tags
+        try:
+            res = _docker(docker, "push", ref)
+        finally:
+            if before is None:
+                _docker(docker, "rmi", ref)  # only an untag of the tag made here: the image keeps its other tags
+            elif before != img.image.id:
+                _docker(docker, "tag", before, ref)
         if res.returncode != 0:
             raise PushFailed(f"docker push {ref} failed: {res.stderr.strip() or res.stdout[-500:]} "
                              "(logged in? `docker login REGISTRY`)")
@@ -312,6 +348,7 @@ def execute(plan: ReleasePlan, out: Path = DEFAULT_OUT, sbom: bool = True, docke
             log: Any = print) -> list[Pushed]:
     """SBOMs, immutable-tag check, then push + verify + record each image. Returns what was pushed."""
     out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))  # ours alone: removed at the end
     staged: dict[str, dict[str, Path]] = {}
     for img in plan.images:
         staged[img.layer] = {}
@@ -319,20 +356,22 @@ def execute(plan: ReleasePlan, out: Path = DEFAULT_OUT, sbom: bool = True, docke
             from imagectl.sbom import SbomError, generate_sbom
 
             try:
-                result = generate_sbom(img.image.id, out / ".staging" / img.image.id.split(":")[-1][:12],
+                result = generate_sbom(img.image.id, staging / img.image.id.split(":")[-1][:12],
                                        docker=docker)
             except SbomError as exc:
                 raise GateRefused(f"refusing to push {img.local_ref}: no SBOM: {exc}") from None
             staged[img.layer] = result.files
-    preflight(plan, docker)
-    done: list[Pushed] = []
-    for img in plan.images:
-        digest = push_image(img, docker)
-        pushed = record(img, digest, out, staged[img.layer])
-        done.append(pushed)
-        for ref in img.refs:
-            log(f"pushed {ref} -> {digest}")
-    shutil.rmtree(out / ".staging", ignore_errors=True)
+    try:
+        preflight(plan, docker)
+        done: list[Pushed] = []
+        for img in plan.images:
+            digest = push_image(img, docker)
+            pushed = record(img, digest, out, staged[img.layer])
+            done.append(pushed)
+            for ref in img.refs:
+                log(f"pushed {ref} -> {digest}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return done
 
 
@@ -361,6 +400,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, report_files: bool = True)
 
 
 def show_plan(plan: ReleasePlan) -> None:
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     for img in plan.images:
         print(f"gate ok: {img.local_ref} {img.image.id[:19]} ({img.basis})")
         print(f"  tags: {', '.join(img.refs)}")

@@ -31,12 +31,17 @@ def run(args: argparse.Namespace) -> int:
     """Smoke + gate + push in one process (what CI runs): only the image that just passed goes out."""
     matrix = load_matrix(args.matrix)
     variant = matrix.variant(args.variant)
-    layers = tuple(x.strip() for x in args.layers.split(",") if x.strip()) or matrix.layers_of(variant)
+    asked = tuple(x.strip() for x in args.layers.split(",") if x.strip())
     name = args.local_name or matrix.image.name
 
     def plan() -> push.ReleasePlan:
         push.check_destination(args.registry, args.repository or matrix.image.name)
         require_engine()
+        unknown = [x for x in asked if x not in matrix.layers_of(variant)]
+        if unknown:  # before minutes of smoke runs
+            raise push.GateRefused(f"layer(s) {', '.join(unknown)} not released for {variant.name}: choose from "
+                                   f"{', '.join(matrix.layers_of(variant))}")
+        layers = asked or push.default_layers(matrix, variant, name)[0]
         expect = "cpu" if args.allow_cpu_only else "gpu"
         found: list[push.FoundReport] = []
         # every image that carries the suite runs it here: data, and devel when it is released
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             write_report(result.report, record)
             print(f"imagectl release: report kept at {record}", file=sys.stderr)
             found.append(push.FoundReport(result.report, f"the run just made (kept at {record})"))
-        return push.plan_release(matrix, variant.name, args.registry, layers=layers, repository=args.repository,
+        return push.plan_release(matrix, variant.name, args.registry, layers=asked or None, repository=args.repository,
                                  local_name=args.local_name, reports=found, allow_cpu_only=args.allow_cpu_only,
                                  docker=args.docker, tag_suffix=args.tag_suffix)
 

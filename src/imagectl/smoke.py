@@ -11,12 +11,14 @@ loopback S3 endpoint is reachable), copies the report out and fills in ``image_i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +136,13 @@ def host_has_nvidia_runtime(docker: str = "docker") -> bool:
 def docker_run_command(image: str, *, out_dir: str, expect: str | None, gpus: bool, shm_size: str = "8g",
                        ipc_host: bool = False, env_names: tuple[str, ...] = (), docker: str = "docker",
                        pytest_args: list[str] | None = None, user: str | None = None,
-                       read_only: bool = False) -> list[str]:
+                       read_only: bool = False, run_image: str | None = None,
+                       cidfile: str | None = None) -> list[str]:
+    """``run_image``: what to start (the image ID, so a tag moved meanwhile cannot swap the image under
+    the report); ``image`` is what the report names. ``cidfile``: where docker writes the container ID."""
     cmd = [docker, "run", "--rm", "--network", "host", "-v", f"{out_dir}:{CONTAINER_OUT}"]
+    if cidfile:
+        cmd += ["--cidfile", cidfile]
     if user:  # as Kubernetes runAsUser / OpenShift / Apptainer do: a UID with no passwd entry
         cmd += ["--user", user]
     if read_only:  # a read-only root; /tmp a tmpfs that allows exec (compiled kernels load from it)
@@ -147,12 +154,31 @@ def docker_run_command(image: str, *, out_dir: str, expect: str | None, gpus: bo
         cmd += ["-e", f"SMOKE_EXPECT={expect}"]
     for name in env_names:  # by name only: values (credentials) never appear on a command line
         cmd += ["-e", name]
-    cmd += [image, "smoke", "--report", f"{CONTAINER_OUT}/report.json", "--image-ref", image]
+    cmd += [run_image or image, "smoke", "--report", f"{CONTAINER_OUT}/report.json", "--image-ref", image]
     if expect:
         cmd += ["--expect", expect]
     if pytest_args:
         cmd += ["--", *pytest_args]
     return cmd
+
+
+def _pump(proc: subprocess.Popen[str], lines: list[str], stream: bool) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
+def _kill_container(docker: str, cidfile: str) -> None:
+    try:
+        cid = Path(cidfile).read_text().strip()
+    except OSError:
+        return  # docker never created it: killing the client is all there is to do
+    if cid:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            _docker(docker, "kill", cid, timeout=30)
 
 
 def run_smoke_in_container(image: str, expect: str | None = None, report_path: str | os.PathLike[str] | None = None,
@@ -167,9 +193,10 @@ def run_smoke_in_container(image: str, expect: str | None = None, report_path: s
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imagectl-smoke-") as out_dir:
         os.chmod(out_dir, 0o777)  # the image's non-root user (uid 1000) writes the report here
+        cidfile = os.path.join(out_dir, ".container-id")
         cmd = docker_run_command(image, out_dir=out_dir, expect=expect, gpus=use_gpus, shm_size=shm_size,
                                  ipc_host=ipc_host, env_names=env_names, docker=docker, pytest_args=pytest_args,
-                                 user=user, read_only=read_only)
+                                 user=user, read_only=read_only, run_image=image_id, cidfile=cidfile)
         if stream:
             print("+ " + " ".join(cmd), flush=True)
         lines: list[str] = []
@@ -177,18 +204,18 @@ def run_smoke_in_container(image: str, expect: str | None = None, report_path: s
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         except FileNotFoundError as exc:
             raise SmokeError(f"no docker client ({docker}): install docker") from exc
-        assert proc.stdout is not None
-        deadline = t0 + timeout_s
-        for line in proc.stdout:
-            lines.append(line)
-            if stream:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if time.monotonic() > deadline:
-                proc.kill()
-                lines.append(f"imagectl smoke: killed after {timeout_s:.0f} s\n")
-                break
-        code = proc.wait()
+        # The deadline holds even when the suite prints nothing (a hang in NCCL or on storage): output
+        # is read by a thread, and the container itself is killed, not only the docker client.
+        reader = threading.Thread(target=_pump, args=(proc, lines, stream), daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=max(1.0, t0 + timeout_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_container(docker, cidfile)
+            proc.kill()
+            code = proc.wait(timeout=60)
+            lines.append(f"imagectl smoke: killed after {timeout_s:.0f} s (container and client)\n")
+        reader.join(timeout=10)
         output = "".join(lines)
         report_file = Path(out_dir) / "report.json"
         report, bad = None, None

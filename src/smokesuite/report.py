@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -74,8 +75,13 @@ class SmokeReport:
 
     @property
     def host_gpus(self) -> list[dict[str, Any]]:
+        """The GPUs NVML listed on the host that ran the suite: only entries naming the device and its
+        architecture count (an empty ``{}`` is no GPU)."""
         gpus = (self.host or {}).get("gpus")
-        return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
+        if not isinstance(gpus, list):
+            return []
+        return [g for g in gpus if isinstance(g, dict) and isinstance(g.get("name"), str) and g["name"].strip()
+                and isinstance(g.get("sm"), str) and re.fullmatch(r"sm_\d+[a-z]?", g["sm"])]
 
     @property
     def gpu_verified(self) -> bool:

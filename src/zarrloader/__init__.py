@@ -15,7 +15,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrLoaderError,
 )
-from .source import ArrayInfo, ZarrSource
+from .source import ArrayInfo, StaticField, ZarrSource
 from .storage import StorageOptions
 
 # The loader pulls in torch; import it on first use so that light users (the embedded S3 server,
@@ -39,6 +39,7 @@ __all__ = [
     "InvalidURLError",
     "LoaderConfig",
     "PatchSpec",
+    "StaticField",
     "StorageOptions",
     "StorageUnavailableError",
     "StoreNotFoundError",

@@ -1,46 +1,61 @@
-"""The read benchmark: our loader against the limit (raw parallel GETs of the same chunk objects) and
-against the old ways of reading Zarr, in one run, on the same server.
+"""The read benchmark: our loader against the limit (the fastest of several raw GET clients over the
+same chunk objects) and against the readers users would pick instead, in one run, on the same server.
 
 Readers (names are part of the JSON contract):
-  raw                parallel GET of every chunk object, bytes discarded: the object store's limit
+  raw                the limit: the fastest raw client at this chunk size (``raw_clients`` in the JSON
+                     has every client's row: s3fs, obstore, s5cmd; see ``bench_raw``)
   naive              the original article: ``zarr.open(fs.get_mapper(url))`` then ``z[i]`` one sample at
                      a time in shuffled order; capped by samples/time and extrapolated (it is very slow)
   zarr_default       zarr-python's own full read ``z[:]`` with default settings
-  loader_sequential  make_loader(shuffle=False)
+  loader_sequential  make_loader(shuffle=False), default backend unless --backend
   loader_shuffled    make_loader(shuffle=True)
+  --peers            tensorstore and torch DataLoader readers (see ``bench_peers``)
 
-Throughput counts decoded payload bytes over wall time of the read (metadata opened beforehand; its
-time is reported separately as ``open_s``). Ratios are against ``raw`` measured in the same run, so
-they hold on any machine; absolute MiB/s depend on it.
+Every row: MiB/s (median of the repeats, with min and max), client CPU-seconds per GiB (this process's
+user + system CPU over the run, every thread included, plus the CPU of child processes that ended in
+it: s5cmd, DataLoader workers; never the embedded server's), requests in flight, and both as ratios to
+the fastest raw client measured in the same run, so they hold on any machine; absolute MiB/s depend
+on it. Throughput counts decoded payload bytes over wall time of the read (metadata opened
+beforehand; its time is reported separately as ``open_s``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import resource
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import bench_peers, bench_raw
+from .errors import ZarrLoaderError
 from .source import ZarrSource
 from .storage import Location, StorageOptions, close_store, filesystem, parse_url, zarr_store
 
 MiB = 1 << 20
 KiB = 1 << 10
+GiB = 1 << 30
 READERS = ("raw", "naive", "zarr_default", "loader_sequential", "loader_shuffled")
+PEERS = bench_peers.PEERS
 DEFAULT_CHUNKS = (256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB)
 QUICK_CHUNKS = (256 * KiB, 1 * MiB, 4 * MiB)
+#: what the issue asks of the loader, against the fastest raw client of the same run
+TARGETS = {"loader_sequential/fastest_raw": 0.95, "loader_shuffled/fastest_raw": 0.90,
+           "loader_cpu_per_gib/fastest_raw": 1.15, "ttfb_s": 0.3, "peak_traced_mib/memory_bound_mib": 1.0}
+
+
+class BenchConfigError(ValueError):
+    """A bench setting that cannot be measured (message: which one, and the fix)."""
 
 
 @dataclass
@@ -60,15 +75,56 @@ class BenchConfig:
     naive_max_seconds: float = 3.0
     repeats: int = 5
     codec: str | None = None  # None: uncompressed, so the benchmark measures I/O, not a codec
-    backend: str | None = None  # storage backend of raw, zarr_default and the loaders (naive is the article's
-    # fsspec); None: the one storage_options name (fsspec by default), for the embedded server fsspec
+    backend: str | None = None  # storage backend of zarr_default and the loaders (naive is the article's
+    # fsspec); None: the options' choice, else the default for the scheme (obstore for s3://)
+    raw_clients: Sequence[str] | None = None  # None: every raw client installed (bench_raw.RAW_CLIENTS)
+    peers: bool = False  # add bench_peers.PEERS to the readers
+    peer_max_seconds: float = 3.0  # time cap of the peers that read per sample (extrapolated)
 
     @classmethod
     def quick(cls, **kw: Any) -> BenchConfig:
         base: dict[str, Any] = {"chunk_sizes": QUICK_CHUNKS, "total_bytes": 64 * MiB, "naive_max_samples": 60,
-                                "naive_max_seconds": 1.0, "repeats": 5}
+                                "naive_max_seconds": 1.0, "repeats": 5, "peer_max_seconds": 1.0}
         base.update(kw)
         return cls(**base)
+
+    def all_readers(self) -> tuple[str, ...]:
+        extra = tuple(p for p in PEERS if self.peers and p not in self.readers)
+        return (*self.readers, *extra)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot be measured, naming the setting and the fix."""
+        def bad(what: str, fix: str) -> BenchConfigError:
+            return BenchConfigError(f"{what}. Fix: {fix}")
+
+        known = (*READERS, *PEERS)
+        unknown = sorted(set(self.readers) - set(known))
+        if unknown:
+            raise bad(f"unknown readers {unknown}", f"choose among {list(known)}")
+        if not self.readers and not self.peers:
+            raise bad("no readers to measure", "name at least one reader, or drop --readers")
+        if not self.chunk_sizes:
+            raise bad("no chunk sizes", "give at least one, e.g. --chunk-sizes 1m")
+        if any(int(c) < 4 for c in self.chunk_sizes):
+            raise bad(f"chunk sizes {list(self.chunk_sizes)} include one under 4 bytes (one float32)",
+                      "use sizes like 256k 1m 4m 16m")
+        if not self.concurrency or any(int(c) < 1 for c in self.concurrency):
+            raise bad(f"concurrency {list(self.concurrency)}: every level must be >= 1", "e.g. --concurrency 16")
+        if int(self.total_bytes) < 1:
+            raise bad(f"total bytes per dataset is {self.total_bytes}", "give a size >= 1 chunk, e.g. --total 64m")
+        if int(self.total_bytes) < max(int(c) for c in self.chunk_sizes):
+            raise bad(f"total bytes per dataset ({self.total_bytes}) is smaller than the largest chunk "
+                      f"({max(self.chunk_sizes)})", "raise --total or drop the larger chunk sizes")
+        if int(self.sample_bytes) < 4:
+            raise bad(f"sample bytes {self.sample_bytes} < 4 (one float32)", "e.g. --sample-bytes 64k")
+        if int(self.repeats) < 1:
+            raise bad(f"repeats {self.repeats} < 1", "e.g. --repeats 3")
+        if self.naive_max_seconds <= 0 or self.naive_max_samples < 1 or self.peer_max_seconds <= 0:
+            raise bad("the per-sample readers' caps must be > 0", "e.g. --naive-seconds 3 --naive-samples 200")
+        if self.raw_clients is not None:
+            wrong = sorted(set(self.raw_clients) - {*bench_raw.RAW_CLIENTS, "files", "fsspec"})
+            if wrong:
+                raise bad(f"unknown raw clients {wrong}", f"choose among {list(bench_raw.RAW_CLIENTS)}")
 
 
 @dataclass
@@ -76,12 +132,12 @@ class BenchResult:
     reader: str
     chunk_bytes: int
     concurrency: int
-    mib_per_s: float
+    mib_per_s: float  # the median run's
     samples_per_s: float
     bytes: int
     samples: int
     seconds: float
-    ratio_to_raw: float | None = None
+    ratio_to_raw: float | None = None  # MiB/s over the fastest raw client's (same chunk size, concurrency)
     ttfb_s: float | None = None
     open_s: float | None = None
     peak_rss_mib: float = 0.0  # process RSS peak during the timed run (includes everything else alive)
@@ -90,17 +146,27 @@ class BenchResult:
     extrapolated: bool = False
     note: str = ""
     runs_mib_per_s: list[float] = field(default_factory=list)  # every repeat, in run order
+    min_mib_per_s: float | None = None
+    max_mib_per_s: float | None = None
+    cpu_s: float | None = None  # client CPU-seconds of the median run (see module docstring)
+    cpu_s_per_gib: float | None = None
+    cpu_ratio_to_raw: float | None = None  # CPU per GiB over the fastest raw client's
+    requests_in_flight: int | None = None  # request concurrency (workers for DataLoader peers)
+    client: str = ""  # raw rows: which client
+    targets: dict[str, bool] = field(default_factory=dict)  # target name -> met (loader rows)
 
 
 @dataclass
 class BenchReport:
     config: dict[str, Any]
     results: list[BenchResult] = field(default_factory=list)
+    raw_clients: list[BenchResult] = field(default_factory=list)  # every raw client's row
     server: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)  # client/peer -> why it was left out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"results": [asdict(r) for r in self.results], "config": self.config, "server": self.server,
-                "targets": TARGETS}
+        return {"results": [asdict(r) for r in self.results], "raw_clients": [asdict(r) for r in self.raw_clients],
+                "config": self.config, "server": self.server, "targets": TARGETS, "unavailable": self.unavailable}
 
     def ratio(self, reader: str, chunk_bytes: int, concurrency: int, other: str = "raw") -> float | None:
         a = self.find(reader, chunk_bytes, concurrency)
@@ -108,10 +174,21 @@ class BenchReport:
         return a.mib_per_s / b.mib_per_s if a and b and b.mib_per_s > 0 else None
 
     def find(self, reader: str, chunk_bytes: int, concurrency: int) -> BenchResult | None:
-        return next((r for r in self.results if (r.reader, r.chunk_bytes, r.concurrency) == (reader, chunk_bytes, concurrency)), None)
+        rows = self.raw_clients if reader.startswith("raw_") else self.results
+        return next((r for r in rows if (r.reader, r.chunk_bytes, r.concurrency) == (reader, chunk_bytes, concurrency)), None)
+
+    def fastest_raw(self, chunk_bytes: int, concurrency: int) -> BenchResult | None:
+        rows = [r for r in self.raw_clients if (r.chunk_bytes, r.concurrency) == (chunk_bytes, concurrency)]
+        return max(rows, key=lambda r: r.mib_per_s, default=None)
 
 
-TARGETS = {"loader_sequential/raw": 0.9, "loader_shuffled/raw": 0.8, "loader_shuffled/naive": 10.0, "ttfb_s": 1.0}
+class CPUClock:
+    """Client CPU-seconds: this process (all threads) plus children that ended and were waited for."""
+
+    @staticmethod
+    def now() -> float:
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -158,59 +235,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
-def _raw_get(loc: Location, opts: StorageOptions, keys: Sequence[str], concurrency: int) -> Callable[[], int]:
-    """A function that GETs every object with ``concurrency`` requests in flight and returns the bytes
-    received (built first, so that client creation is not timed)."""
-    if loc.protocol == "file":
-        def read(k: str) -> int:
-            with open(os.path.join(loc.path, k), "rb") as f:
-                return len(f.read())
-        def run_files() -> int:
-            with ThreadPoolExecutor(concurrency) as pool:
-                return sum(pool.map(read, keys))
-        return run_files
-    if opts.backend == "obstore":
-        return _raw_get_obstore(loc, opts, keys, concurrency)
-    import fsspec.asyn
-
-    fs = filesystem(loc, opts.with_connections(concurrency + 4), asynchronous=False)
-    base = loc.path.rstrip("/")
-    fs.cat_file(f"{base}/{keys[0]}", start=0, end=1)  # client set up outside the timed region
-
-    async def run() -> int:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(k: str) -> int:
-            async with sem:
-                return len(await fs._cat_file(f"{base}/{k}"))
-
-        return sum(await asyncio.gather(*(one(k) for k in keys)))
-
-    return lambda: int(fsspec.asyn.sync(fs.loop, run))
-
-
-def _raw_get_obstore(loc: Location, opts: StorageOptions, keys: Sequence[str], concurrency: int) -> Callable[[], int]:
-    """``_raw_get`` through obstore's client (the loader's stack under ``backend="obstore"``)."""
-    import obstore
-
-    from .objstore import s3_store
-
-    store = s3_store(loc, opts)
-    loop = asyncio.new_event_loop()
-
-    async def run(some: Sequence[str]) -> int:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(k: str) -> int:
-            async with sem:
-                return len(await (await obstore.get_async(store, k)).bytes_async())
-
-        return sum(await asyncio.gather(*(one(k) for k in some)))
-
-    loop.run_until_complete(run(keys[:1]))  # client set up outside the timed region
-    return lambda: loop.run_until_complete(run(keys))
 
 
 def _naive(loc: Location, opts: StorageOptions, name: str, order: np.ndarray, max_samples: int,
@@ -320,11 +344,19 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         opts = StorageOptions.coerce(cfg.storage_options)
         if cfg.backend is not None:
             opts = dataclasses.replace(opts, backend=cfg.backend)
+        backend = _reachable(loc, opts)
         for c, name in names.items():
             store = zarr_store(loc.child(name), opts, read_only=False)
-            if not _matches(store, c, cfg):
-                write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
-        yield loc.url, opts, f"{cfg.url} ({opts.backend} backend)"
+            try:
+                if not _matches(store, c, cfg):
+                    write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
+            except ZarrLoaderError:
+                raise
+            except Exception as exc:
+                raise backend.translate(exc, f"writing the bench dataset {loc.child(name).url}") from exc
+            finally:
+                close_store(store)
+        yield loc.url, opts, f"{cfg.url} ({backend.name} backend)"
         return
     from zarr.storage import LocalStore
 
@@ -334,8 +366,29 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         for c, name in names.items():  # written before the server starts: rclone caches listings
             write_dataset(LocalStore(str(Path(root) / "bench" / name)), c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
         with embedded_s3(root) as server:
-            opts = StorageOptions(extra=server.storage_options(), backend=cfg.backend or "fsspec")
-            yield "s3://bench", opts, f"embedded rclone serve s3 at {server.endpoint_url} ({opts.backend} backend)"
+            opts = StorageOptions(extra=server.storage_options(), backend=cfg.backend)
+            from .backends import choose_backend
+
+            used = choose_backend(parse_url("s3://bench"), opts)
+            yield "s3://bench", opts, f"embedded rclone serve s3 at {server.endpoint_url} ({used} backend)"
+
+
+def _reachable(loc: Location, opts: StorageOptions) -> Any:
+    """The backend for ``loc``, after one bounded request: an unreachable endpoint, a missing bucket or
+    refused credentials fail here with cause and fix, before any dataset is written."""
+    from .backends import open_backend
+    from .errors import StoreNotFoundError
+
+    backend = open_backend(loc, opts)
+    try:
+        if backend.bucket_exists() is False:
+            raise StoreNotFoundError(f"bucket {loc.bucket!r} of {loc.url} does not exist at {backend.endpoint}. "
+                                     "Fix: create it, or name an existing bucket in the URL")
+        backend.list_objects("")
+    except BaseException:
+        backend.close()
+        raise
+    return backend
 
 
 def _matches(store: Any, chunk_bytes: int, cfg: BenchConfig) -> bool:
@@ -351,9 +404,7 @@ def _matches(store: Any, chunk_bytes: int, cfg: BenchConfig) -> bool:
 
 # -- the run ---------------------------------------------------------------------------------------
 def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
-    unknown = set(cfg.readers) - set(READERS)
-    if unknown:
-        raise ValueError(f"unknown readers {sorted(unknown)}: choose among {list(READERS)}")
+    cfg.validate()
     say = progress or (lambda _m: None)
     report = BenchReport(config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                                  if k != "storage_options"})
@@ -363,114 +414,231 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
             loc = parse_url(base).child(f"bench-{chunk // KiB}k.zarr")
             for conc in cfg.concurrency:
                 say(f"chunk {_fmt_bytes(chunk)}, concurrency {conc}")
-                report.results.extend(_measure(loc, opts, chunk, conc, cfg, say))
-    for r in report.results:
-        raw = report.find("raw", r.chunk_bytes, r.concurrency)
-        if raw is not None and raw.mib_per_s > 0:
-            r.ratio_to_raw = r.mib_per_s / raw.mib_per_s
+                _measure(report, loc, opts, chunk, conc, cfg, say)
+    score(report)
     return report
 
 
-def _measure(loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: BenchConfig,
-             say: Callable[[str], None]) -> list[BenchResult]:
+def score(report: BenchReport) -> None:
+    """Ratios to the fastest raw client of the same chunk size and concurrency, and the targets, for
+    every row (recomputable from the rows alone: the tests do)."""
+    for r in [*report.raw_clients, *report.results]:
+        limit = report.fastest_raw(r.chunk_bytes, r.concurrency)
+        if limit is None or limit.mib_per_s <= 0:
+            continue
+        r.ratio_to_raw = r.mib_per_s / limit.mib_per_s
+        if r.cpu_s_per_gib is not None and limit.cpu_s_per_gib:
+            r.cpu_ratio_to_raw = r.cpu_s_per_gib / limit.cpu_s_per_gib
+        if r.reader in ("loader_sequential", "loader_shuffled"):
+            r.targets = {f"x raw >= {TARGETS[f'{r.reader}/fastest_raw']:g}":
+                         r.ratio_to_raw >= TARGETS[f"{r.reader}/fastest_raw"]}
+            if r.cpu_ratio_to_raw is not None:
+                r.targets[f"cpu x raw <= {TARGETS['loader_cpu_per_gib/fastest_raw']:g}"] = (
+                    r.cpu_ratio_to_raw <= TARGETS["loader_cpu_per_gib/fastest_raw"])
+            if r.ttfb_s is not None:
+                r.targets[f"ttfb <= {TARGETS['ttfb_s']:g} s"] = r.ttfb_s <= TARGETS["ttfb_s"]
+            if r.peak_traced_mib is not None and r.memory_bound_mib:
+                r.targets["memory <= bound"] = r.peak_traced_mib <= r.memory_bound_mib
+
+
+Runner = Callable[[], tuple[int, int, dict[str, Any]]]
+
+
+def _measure(report: BenchReport, loc: Location, opts: StorageOptions, chunk: int, conc: int, cfg: BenchConfig,
+             say: Callable[[str], None]) -> None:
     from .loader import LoaderConfig, make_loader, read_grouping, request_budget
 
+    readers = cfg.all_readers()
     src = ZarrSource(loc.url, storage_options=opts)
     src.reserve_connections(request_budget(conc))
     src.open()
     info = src.infos[0]
     sample = src.sample_nbytes
-    keys = [k for k in src.object_keys(info.name)]
+    keys = list(src.object_keys(info.name))
+    listed = {o.key: o.size for o in src.backend.list_objects(info.name or "")}
+    sizes = [listed.get(k, src.block_length * sample) for k in keys]
     total = src.nbytes
-    out: list[BenchResult] = []
 
-    def add(reader: str, nbytes: int, nsamples: int, secs: float, rss: PeakRSS, **kw: Any) -> None:
+    def add(reader: str, nbytes: int, nsamples: int, secs: float, rss: PeakRSS, cpu: float | None = None,
+            raw: bool = False, **kw: Any) -> None:
         secs = max(secs, 1e-9)
-        mib, sps = nbytes / MiB / secs, nsamples / secs
         kw.pop("run", None)
-        out.append(BenchResult(reader=reader, chunk_bytes=chunk, concurrency=conc, mib_per_s=mib,
-                               samples_per_s=sps, bytes=nbytes, samples=nsamples, seconds=secs,
-                               peak_rss_mib=rss.peak / MiB, **kw))
-        say(f"  {reader:18s} {out[-1].mib_per_s:8.1f} MiB/s")
+        row = BenchResult(reader=reader, chunk_bytes=chunk, concurrency=conc, mib_per_s=nbytes / MiB / secs,
+                          samples_per_s=nsamples / secs, bytes=nbytes, samples=nsamples, seconds=secs,
+                          peak_rss_mib=rss.peak / MiB, cpu_s=cpu,
+                          cpu_s_per_gib=cpu / (nbytes / GiB) if cpu is not None and nbytes else None, **kw)
+        (report.raw_clients if raw else report.results).append(row)
+        say(f"  {reader:24s} {row.mib_per_s:8.1f} MiB/s" + (f"  {row.cpu_s_per_gib:5.2f} CPU-s/GiB" if row.cpu_s_per_gib else ""))
 
     batch = max(1, cfg.batch_bytes // max(sample, 1))
     bounds = {shuffle: make_loader(src, batch_size=batch, concurrency=conc, shuffle=shuffle, pin_memory=False,
                                    shuffle_buffer_chunks=cfg.shuffle_buffer_chunks).memory_bound_bytes()
               for shuffle in (False, True)}
     # The limit gets as many requests in flight as the loader can have: `conc` fetches of G coalesced
-    # chunk reads each, capped by its connection pool. Same request budget, so a ratio measures the
-    # loader's overhead, not a difference in parallelism.
+    # chunk reads each, capped by its connection pool. Same request budget for every raw client, so a
+    # ratio measures the loader's overhead, not a difference in parallelism.
     group, _ = read_grouping(LoaderConfig(batch_size=batch, concurrency=conc, shuffle_buffer_chunks=cfg.shuffle_buffer_chunks),
                              src.block_length * sample)
     raw_in_flight = min(request_budget(conc), conc * group)
-    get_all = _raw_get(loc, opts, keys, raw_in_flight) if "raw" in cfg.readers else None
+    loader_in_flight = min(request_budget(conc), max(1, min(conc, request_budget(conc) // group)) * group)
 
-    def run_raw() -> tuple[int, int, dict[str, Any]]:
-        assert get_all is not None
-        got = get_all()
-        return got, got // max(sample, 1), {"note": f"{len(keys)} GETs, {raw_in_flight} in flight"}
+    runners: dict[str, Runner] = {}
+    closers: list[Callable[[], None]] = []
+    if "raw" in readers:
+        for name in cfg.raw_clients or bench_raw.clients_for(loc):
+            why = bench_raw.unavailable(name)
+            if why is not None:
+                report.unavailable[f"raw_{name}"] = why
+                say(f"  raw_{name}: left out ({why})")
+                continue
+            client = bench_raw.make_client(name, loc, opts, keys, sizes, raw_in_flight)
+            closers.append(client.close)
+
+            def run_raw(c: bench_raw.RawClient = client) -> tuple[int, int, dict[str, Any]]:
+                got = c.get_all()
+                return got, got // max(sample, 1), {"note": c.note, "client": c.name, "requests_in_flight": c.in_flight}
+
+            runners[f"raw_{name}"] = run_raw
 
     def run_default() -> tuple[int, int, dict[str, Any]]:
         got = _zarr_default(loc, opts, info.name)
-        return got, got // max(sample, 1), {"note": "z[:] with async.concurrency=10, pool 10"}
+        return got, got // max(sample, 1), {"note": "z[:] with async.concurrency=10, pool 10", "requests_in_flight": 10}
 
-    # The loaders read through one source of their own that stays open across repeats, as raw's
-    # filesystem does: both start cold in the first repeat and reuse their connection pool after,
+    runners["zarr_default"] = run_default
+    # The loaders read through one source of their own that stays open across repeats, as the raw
+    # clients do: both start cold in the first repeat and reuse their connection pool after,
     # like every epoch but the first of a training job. (A fresh source per run would time opening
     # ~2 x concurrency TCP connections against raw's warm pool: ~0.2 s, a third of a 64 MiB epoch.)
     loader_src = src.with_options(opts)
     first_open: list[float] = []  # metadata opens once, in the first loader run: report that time
 
-    def run_loader(shuffle: bool) -> Callable[[], tuple[int, int, dict[str, Any]]]:
+    def run_loader(shuffle: bool) -> Runner:
         def run() -> tuple[int, int, dict[str, Any]]:
             run = _loader_run(loader_src, batch, conc, shuffle, cfg.shuffle_buffer_chunks, close=False)
             first_open.append(run.open_s)
             run.open_s = first_open[0]
-            note = f"batch {batch}, K={cfg.shuffle_buffer_chunks}" + ("" if run.nbytes == total else f", read {run.nbytes} of {total} B")
+            note = (f"{loader_src.backend_name} backend, batch {batch}, K={cfg.shuffle_buffer_chunks}"
+                    + ("" if run.nbytes == total else f", read {run.nbytes} of {total} B"))
             return run.nbytes, run.nsamples, {"ttfb_s": run.ttfb, "open_s": run.open_s, "run": run,
-                                              "memory_bound_mib": bounds[shuffle] / MiB, "note": note}
+                                              "memory_bound_mib": bounds[shuffle] / MiB, "note": note,
+                                              "requests_in_flight": loader_in_flight}
         return run
 
-    runners: dict[str, Callable[[], tuple[int, int, dict[str, Any]]]] = {
-        "raw": run_raw, "zarr_default": run_default,
-        "loader_sequential": run_loader(False), "loader_shuffled": run_loader(True),
-    }
+    runners["loader_sequential"] = run_loader(False)
+    runners["loader_shuffled"] = run_loader(True)
+    ts_ok = _peer_setup(report, readers, loc, opts, say)
+    if ts_ok and "tensorstore_sequential" in readers:
+        def run_ts() -> tuple[int, int, dict[str, Any]]:
+            # a fresh open per run: a new cache, as a new process has (opening is not timed)
+            r = bench_peers.run_tensorstore_sequential(bench_peers.open_tensorstore(loc, opts), batch, conc)
+            return r.nbytes, r.nsamples, {"ttfb_s": r.ttfb, "note": r.note, "requests_in_flight": r.in_flight, "run": r}
+        runners["tensorstore_sequential"] = run_ts
+    if "torch_chunked" in readers:
+        def run_tc() -> tuple[int, int, dict[str, Any]]:
+            r = bench_peers.run_torch(loc, opts, len(src), src.block_length, batch, False, cfg.peer_max_seconds)
+            return r.nbytes, r.nsamples, {"ttfb_s": r.ttfb, "note": r.note, "requests_in_flight": r.in_flight, "run": r}
+        runners["torch_chunked"] = run_tc
+
     # Every reader runs `repeats` times, interleaved, so slow phases of a shared machine hit all
     # readers alike; each reports its median run (ratios of medians: one lucky or unlucky run of
-    # either side does not move them). All runs are kept in the report.
-    runs: dict[str, list[tuple[float, int, int, PeakRSS, dict[str, Any]]]] = {}
+    # either side does not move them), with the min and max. All runs are kept in the report.
+    runs: dict[str, list[tuple[float, int, int, PeakRSS, dict[str, Any], float]]] = {}
     for _ in range(max(1, cfg.repeats)):
-        for reader, fn in runners.items():
-            if reader not in cfg.readers:
+        for reader, fn in list(runners.items()):
+            if reader not in readers and not (reader.startswith("raw_") and "raw" in readers):
                 continue
             with PeakRSS() as rss:
+                c0 = CPUClock.now()
                 t0 = time.perf_counter()
-                nbytes, nsamples, extra = fn()
+                try:
+                    nbytes, nsamples, extra = fn()
+                except Exception as exc:
+                    if reader not in PEERS:
+                        raise
+                    _peer_failed(report, reader, chunk, exc, say)  # a peer's failure is its row, not the bench's
+                    del runners[reader]
+                    runs.pop(reader, None)
+                    continue
                 secs = time.perf_counter() - t0
-            if reader.startswith("loader"):  # iter() to the end of the epoch: start-up included
+                cpu = CPUClock.now() - c0
+            if "run" in extra:  # loaders: iter() to the end of the epoch, start-up included; peers: their read
                 secs = extra["run"].secs
-            runs.setdefault(reader, []).append((secs, nbytes, nsamples, rss, extra))
+            runs.setdefault(reader, []).append((secs, nbytes, nsamples, rss, extra, cpu))
     # the median run; for an even count the slower of the two middle ones (the same rule for every reader)
     best = {reader: sorted(rs, key=lambda r: r[0])[len(rs) // 2] for reader, rs in runs.items()}
     for reader, shuffle in (("loader_sequential", False), ("loader_shuffled", True)):
         if reader in best:  # memory: one more epoch, untimed, under tracemalloc
             best[reader][4]["peak_traced_mib"] = traced_peak(
                 lambda s=shuffle: _loader_run(src.with_options(opts), batch, conc, s, cfg.shuffle_buffer_chunks)) / MiB
-    for reader in READERS:
-        if reader == "naive" and "naive" in cfg.readers:
+    for reader in (*[r for r in runners if r.startswith("raw_")], *READERS, *PEERS):
+        if reader == "naive" and "naive" in readers:
             order = np.random.default_rng(0).permutation(len(src))
             with PeakRSS() as rss:
+                c0 = CPUClock.now()
                 n, secs = _naive(loc, opts, info.name, order, cfg.naive_max_samples, cfg.naive_max_seconds)
-            add("naive", n * sample, n, secs, rss, extrapolated=n < len(src),
+                cpu = CPUClock.now() - c0
+            add("naive", n * sample, n, secs, rss, cpu, extrapolated=n < len(src), requests_in_flight=1,
                 note=f"{n} of {len(src)} samples read, rate extrapolated" if n < len(src) else "")
+        elif reader in bench_peers.PEERS and reader not in bench_peers.FULL_PEERS and reader in readers:
+            if reader == "tensorstore_shuffled" and not ts_ok:
+                continue
+            with PeakRSS() as rss:
+                try:
+                    arr = bench_peers.open_tensorstore(loc, opts) if reader == "tensorstore_shuffled" else None
+                    c0 = CPUClock.now()
+                    if arr is not None:
+                        r = bench_peers.run_tensorstore_shuffled(arr, batch, cfg.peer_max_seconds)
+                    else:
+                        r = bench_peers.run_torch(loc, opts, len(src), src.block_length, batch, True, cfg.peer_max_seconds)
+                    cpu = CPUClock.now() - c0
+                except Exception as exc:
+                    _peer_failed(report, reader, chunk, exc, say)
+                    continue
+            add(reader, r.nbytes, r.nsamples, r.secs, rss, cpu, ttfb_s=r.ttfb, extrapolated=r.extrapolated,
+                note=r.note, requests_in_flight=r.in_flight)
         elif reader in best:
-            secs, nbytes, nsamples, rss, extra = best[reader]
+            secs, nbytes, nsamples, rss, extra, cpu = best[reader]
             all_runs = [r[1] / MiB / max(r[0], 1e-9) for r in runs[reader]]
-            extra = {**extra, "note": extra["note"] + f"; median of {len(all_runs)}", "runs_mib_per_s": all_runs}
-            add(reader, nbytes, nsamples, secs, rss, **extra)
+            extra = {**extra, "note": extra["note"] + f"; median of {len(all_runs)}", "runs_mib_per_s": all_runs,
+                     "min_mib_per_s": min(all_runs), "max_mib_per_s": max(all_runs)}
+            add(reader, nbytes, nsamples, secs, rss, cpu, raw=reader.startswith("raw_"), **extra)
+    # "raw" (the contract name of the limit) is the fastest raw client's row
+    if "raw" in readers:
+        limit = report.fastest_raw(chunk, conc)
+        if limit is not None:
+            names = ", ".join(r.client for r in report.raw_clients if (r.chunk_bytes, r.concurrency) == (chunk, conc))
+            report.results.append(dataclasses.replace(limit, reader="raw", note=f"fastest of {names}: {limit.client}; "
+                                                      + limit.note, runs_mib_per_s=list(limit.runs_mib_per_s)))
+    for close in closers:
+        with contextlib.suppress(Exception):
+            close()
     loader_src.close()
     src.close()
-    return out
+
+
+def _peer_failed(report: BenchReport, reader: str, chunk: int, exc: BaseException, say: Callable[[str], None]) -> None:
+    why = f"failed with {_fmt_bytes(chunk)} chunks: {type(exc).__name__}: {str(exc)[:300]}"
+    report.unavailable[reader] = why
+    say(f"  {reader}: {why}")
+
+
+def _peer_setup(report: BenchReport, readers: Sequence[str], loc: Location, opts: StorageOptions,
+                say: Callable[[str], None]) -> bool:
+    """Whether the tensorstore peers asked for can run here (if not, why is noted in the report)."""
+    if not any(r.startswith("tensorstore") for r in readers):
+        return False
+    why = bench_peers.unavailable("tensorstore_sequential")
+    if why is None:
+        try:
+            bench_peers.open_tensorstore(loc, opts)
+            return True
+        except Exception as exc:  # a peer that cannot open this store is left out, with the reason
+            why = f"tensorstore could not open {loc.url}: {str(exc)[:200]}"
+    for r in readers:
+        if r.startswith("tensorstore"):
+            report.unavailable[r] = why
+    say(f"  tensorstore: left out ({why})")
+    return False
 
 
 # -- presenting ------------------------------------------------------------------------------------
@@ -478,38 +646,44 @@ def _fmt_bytes(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else f"{n // KiB} KiB"
 
 
+def _opt(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def format_table(report: BenchReport) -> str:
-    rows = [f"{'chunk':>8} {'conc':>4} {'reader':18} {'MiB/s':>8} {'samples/s':>10} {'x raw':>6} {'ttfb s':>7} "
-            f"{'RSS MiB':>8} {'peak MiB':>8} {'bound MiB':>9}  note"]
-    for r in report.results:
-        rows.append(
-            f"{_fmt_bytes(r.chunk_bytes):>8} {r.concurrency:>4} {r.reader:18} {r.mib_per_s:8.1f} {r.samples_per_s:10.1f} "
-            f"{(f'{r.ratio_to_raw:.2f}' if r.ratio_to_raw is not None else '-'):>6} "
-            f"{(f'{r.ttfb_s:.3f}' if r.ttfb_s is not None else '-'):>7} {r.peak_rss_mib:8.0f} "
-            f"{(f'{r.peak_traced_mib:.1f}' if r.peak_traced_mib is not None else '-'):>8} "
-            f"{(f'{r.memory_bound_mib:.0f}' if r.memory_bound_mib is not None else '-'):>9}  {r.note}"
-        )
-    rows.append("")
-    rows.append("targets: loader_sequential >= 0.9 x raw; loader_shuffled >= 0.8 x raw and >= 10 x naive; ttfb <= 1 s;"
-                " peak (allocations of an untimed epoch) <= bound. RSS: the whole process")
-    seen = sorted({(r.chunk_bytes, r.concurrency) for r in report.results})
+    """The bench's table: every raw client (the fastest starred), then the readers, per chunk size."""
+    rows = [f"{'chunk':>7} {'req':>4} {'reader':24} {'MiB/s':>7} {'min-max':>11} {'x raw':>5} {'CPU-s/GiB':>9} "
+            f"{'x raw':>5} {'ttfb s':>6} {'RSS MiB':>7} {'peak/bound MiB':>14}  targets; note"]
+    seen = sorted({(r.chunk_bytes, r.concurrency) for r in [*report.raw_clients, *report.results]})
     for chunk, conc in seen:
-        parts = []
-        for label, a, b, goal in (("seq/raw", "loader_sequential", "raw", 0.9), ("shuf/raw", "loader_shuffled", "raw", 0.8),
-                                  ("shuf/naive", "loader_shuffled", "naive", 10.0)):
-            v = report.ratio(a, chunk, conc, b)
-            if v is not None:
-                parts.append(f"{label} {v:.2f} ({'ok' if v >= goal else 'BELOW'} {goal:g})")
-        for reader in ("loader_sequential", "loader_shuffled"):
-            r = report.find(reader, chunk, conc)
-            if r is not None and r.peak_traced_mib is not None and r.memory_bound_mib:
-                ok = "within" if r.peak_traced_mib <= r.memory_bound_mib else "ABOVE"
-                parts.append(f"{reader.split('_')[1][:4]} mem {r.peak_traced_mib:.0f}/{r.memory_bound_mib:.0f} MiB ({ok} bound)")
-        if parts:
-            rows.append(f"{_fmt_bytes(chunk):>8} c={conc}: " + ", ".join(parts))
+        limit = report.fastest_raw(chunk, conc)
+        group = [r for r in report.raw_clients if (r.chunk_bytes, r.concurrency) == (chunk, conc)]
+        group += [r for r in report.results if (r.chunk_bytes, r.concurrency) == (chunk, conc) and r.reader != "raw"]
+        for r in group:
+            name = r.reader + (" *" if r is limit else "") + (" ~" if r.extrapolated else "")
+            spread = (f"{r.min_mib_per_s:.0f}-{r.max_mib_per_s:.0f}" if r.min_mib_per_s is not None
+                      and r.max_mib_per_s is not None else "-")
+            mem = (f"{r.peak_traced_mib:.0f}/{r.memory_bound_mib:.0f}" if r.peak_traced_mib is not None
+                   and r.memory_bound_mib else "-")
+            met = ", ".join(f"{k} {'met' if ok else 'UNMET'}" for k, ok in r.targets.items())
+            rows.append(
+                f"{_fmt_bytes(chunk):>7} {_opt(r.requests_in_flight, 'd') if r.requests_in_flight else '-':>4} "
+                f"{name:24} {r.mib_per_s:7.1f} {spread:>11} {_opt(r.ratio_to_raw, '.2f'):>5} "
+                f"{_opt(r.cpu_s_per_gib, '.2f'):>9} {_opt(r.cpu_ratio_to_raw, '.2f'):>5} {_opt(r.ttfb_s, '.3f'):>6} "
+                f"{r.peak_rss_mib:7.0f} {mem:>14}  {met + '; ' if met else ''}{r.note}")
+    rows.append("")
+    rows.append("x raw: MiB/s (then CPU-s per GiB) over the fastest raw client's (*) at the same chunk size, "
+                "same run. req: requests in flight (DataLoader peers: worker processes).")
+    rows.append(f"targets (loaders): storage order >= {TARGETS['loader_sequential/fastest_raw']:g} x raw, shuffled >= "
+                f"{TARGETS['loader_shuffled/fastest_raw']:g} x raw, CPU per GiB <= {TARGETS['loader_cpu_per_gib/fastest_raw']:g}"
+                f" x raw, ttfb <= {TARGETS['ttfb_s']:g} s, peak (allocations of an untimed epoch) <= bound.")
+    rows.append("MiB/s: median of the repeats (min-max of all). CPU: this process, all threads, plus ended child "
+                "processes (s5cmd, DataLoader workers); not the server. RSS: the whole process.")
     rows.append("loader MiB/s: from iter() to the end of the epoch, start-up included (metadata open excluded)")
     if any(r.extrapolated for r in report.results):
-        rows.append("naive: capped by samples/time; its MiB/s is the rate over the samples it read (extrapolated)")
+        rows.append("~: capped by samples/time; MiB/s is the rate over the samples it read (extrapolated)")
+    for name, why in report.unavailable.items():
+        rows.append(f"left out: {name}: {why}")
     return "\n".join(rows)
 
 
@@ -518,7 +692,7 @@ def write_json(report: BenchReport, path: str | os.PathLike[str]) -> None:
 
 
 def plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
-    """Throughput against chunk size, one line per reader (and concurrency level)."""
+    """Throughput against chunk size, one line per raw client and reader (and concurrency level)."""
     try:
         import matplotlib
 
@@ -526,21 +700,24 @@ def plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from exc
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     concs = sorted({r.concurrency for r in report.results})
-    for reader in READERS:
+    rows = [*report.raw_clients, *(r for r in report.results if r.reader != "raw")]
+    names = list(dict.fromkeys(r.reader for r in rows))
+    for reader in names:
         for conc in concs:
-            pts = sorted((r.chunk_bytes, r.mib_per_s) for r in report.results if r.reader == reader and r.concurrency == conc)
+            pts = sorted((r.chunk_bytes, r.mib_per_s) for r in rows if r.reader == reader and r.concurrency == conc)
             if pts:
                 label = reader if len(concs) == 1 else f"{reader} (c={conc})"
-                ax.plot([p[0] / MiB for p in pts], [p[1] for p in pts], marker="o", label=label)
+                style = "--" if reader.startswith("raw_") else "-"
+                ax.plot([p[0] / MiB for p in pts], [p[1] for p in pts], style, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("chunk size (MiB)")
     ax.set_ylabel("throughput (MiB/s)")
     ax.set_title(f"Zarr read throughput — {report.server}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -580,5 +757,5 @@ def run_quick_benchmark(url: str | None = None, storage_options: StorageOptions 
     }
 
 
-__all__ = ["BenchConfig", "BenchReport", "BenchResult", "format_table", "plot", "run_benchmark",
-           "run_quick_benchmark", "write_json"]
+__all__ = ["PEERS", "READERS", "TARGETS", "BenchConfig", "BenchConfigError", "BenchReport", "BenchResult", "format_table", "plot", "run_benchmark",
+           "run_quick_benchmark", "score", "write_json"]

@@ -65,6 +65,8 @@ def _tensorable(v: np.ndarray) -> np.ndarray:
     """``v`` as torch.from_numpy accepts it without copying when it can: native byte order (torch has
     no other; big-endian Zarr data is common), C-contiguous, and writable (the batcher never hands
     over read-only views; the check keeps a tensor from ever aliasing read-only memory)."""
+    if v.dtype.kind == "M":  # CF times decoded to datetime64: torch has no datetime type
+        v = v.astype("datetime64[ns]", copy=False).view(np.int64)
     if not v.dtype.isnative:
         return v.astype(v.dtype.newbyteorder("="))
     if not v.flags.writeable:
@@ -169,7 +171,7 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
         assert self.config.patch is not None
         total = 0
         for info in self.source.infos:
-            shape = list(info.shape[1:])
+            shape = list(info.sample_shape)
             axes = self.source.patch_axes(info, self.config.patch.axes)
             if axes is not None:
                 for a, s in zip(axes, self.config.patch.size, strict=True):
@@ -194,6 +196,9 @@ def make_loader(
     *,
     arrays: Sequence[str] | None = None,
     storage_options: StorageOptions | Mapping[str, Any] | None = None,
+    sample_dim: str | None = None,
+    decode: str | None = None,
+    times: str = "numeric",
     shuffle: bool = True,
     seed: int = 0,
     shuffle_buffer_chunks: int = 8,
@@ -211,7 +216,9 @@ def make_loader(
     initial_epoch: int = 0,
     min_read_bytes: int = 4 << 20,
 ) -> ZarrLoader:
-    """Build a loader over ``source`` (a ZarrSource, or a URL opened with ``arrays``/``storage_options``).
+    """Build a loader over ``source`` (a ZarrSource, or a URL opened with ``arrays``/``storage_options``/
+    ``sample_dim``/``decode``/``times``, see ZarrSource: arrays along the sample dimension are batched,
+    sample-major; ``decode="cf"`` CF-decodes every batch as xarray would).
 
     Each batch is a dict ``{array name: tensor of batch_size samples}`` (name "" for a bare array),
     plus ``"index"`` (global sample rows) when ``return_index``.
@@ -229,10 +236,13 @@ def make_loader(
     min_read_bytes: reads of smaller chunks are coalesced (shuffled: up to shuffle_buffer_chunks per call).
     """
     if isinstance(source, ZarrSource):
-        if arrays is not None or storage_options is not None:
-            raise ValueError("pass arrays/storage_options to ZarrSource(...), not make_loader, when giving a ZarrSource")
+        if arrays is not None or storage_options is not None or sample_dim is not None or decode is not None \
+                or times != "numeric":
+            raise ValueError("pass arrays/storage_options/sample_dim/decode/times to ZarrSource(...), not "
+                             "make_loader, when giving a ZarrSource")
     else:
-        source = ZarrSource(source, arrays=arrays, storage_options=storage_options)
+        source = ZarrSource(source, arrays=arrays, storage_options=storage_options, sample_dim=sample_dim,
+                            decode=decode, times=times)  # type: ignore[arg-type]
     if rank is None or world_size is None:
         d_rank, d_world = _default_rank_world()
         rank = d_rank if rank is None else rank
@@ -257,7 +267,8 @@ def make_loader(
     # The fetch node owns the plan and the fetches (see nodes.PlanFetch); the batcher passes the epoch
     # and position down through reset(). Metadata opens at the first iteration, in its process.
     batcher = ShuffleBatcher(PlanFetch(source, config), batch_size=batch_size, drop_last=drop_last,
-                             return_index=return_index, initial_epoch=initial_epoch)
+                             return_index=return_index, initial_epoch=initial_epoch,
+                             decode=source.decode_batch if source.decode else None)
     node: BaseNode[Any] = batcher
     if sample_transform is not None:
         node = Mapper(node, _PassFailures(_SampleTransform(sample_transform)))

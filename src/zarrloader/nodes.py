@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -98,7 +99,7 @@ def patch_extents(source: ZarrSource, patch: PatchSpec) -> tuple[int, ...]:
     for info in source.infos:
         axes = source.patch_axes(info, patch.axes)
         if axes is not None:
-            extents.setdefault(tuple(info.shape[a] for a in axes), []).append(info.name or "<array>")
+            extents.setdefault(tuple(info.major_shape[a] for a in axes), []).append(info.name or "<array>")
     if not extents:
         raise DatasetLayoutError(f"no array of {source.url} has axes {patch.axes} (axis 0 is the sample axis)")
     if len(extents) > 1:
@@ -284,9 +285,10 @@ class ShuffleBatcher(BaseNode[Any]):
     ``{epoch, position}``; ``reset`` hands both to its source."""
 
     def __init__(self, source: PlanFetch, batch_size: int, drop_last: bool, return_index: bool,
-                 initial_epoch: int = 0) -> None:
+                 initial_epoch: int = 0, decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> None:
         super().__init__()
         self.source = source
+        self.decode = decode  # CF decoding (ZarrSource.decode_batch): one vectorised call per batch
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.return_index = return_index
@@ -350,7 +352,14 @@ class ShuffleBatcher(BaseNode[Any]):
             self.position += n
             raise StopIteration
         self.position += n
-        return self._gather(pieces, blocks_per_piece, n)
+        batch = self._gather(pieces, blocks_per_piece, n)
+        if self.decode is None:
+            return batch
+        try:
+            return self.decode(batch)
+        except Exception as exc:  # carried to the consumer like read errors
+            self._failed = True
+            return Failure(exc)
 
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position}

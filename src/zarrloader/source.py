@@ -1,5 +1,9 @@
 """ZarrSource: a lazily opened, fork-safe handle on one Zarr array or several arrays of a group that
-share the sample axis (axis 0), e.g. ``images`` (N, C, H, W) and ``labels`` (N,).
+share a sample dimension, e.g. ``images`` (N, C, H, W) and ``labels`` (N,), or an xarray dataset's
+``tas(time, lat, lon)`` and ``pr(time, lat, lon)`` sampled along ``time`` while ``lat``, ``lon`` and
+``orog(lat, lon)`` are carried whole as ``source.static`` (see ``dims``). Arrays whose sample dimension
+is not axis 0 are read with the selection along their own axis and handed on sample-major (axis 0).
+``decode="cf"`` decodes CF attributes (fill values, packing, times) the way xarray does (see ``cf``).
 
 Nothing touches the network or creates a client until the first read (or an explicit ``open()``),
 and opened handles are dropped when the object is pickled or used in a forked child: clients and
@@ -24,7 +28,9 @@ import numpy as np
 
 from .backends import Backend, ErrorKind, open_backend
 from .backends.base import FIX_DENIED, FIX_UNAVAILABLE, exception_chain
+from .cf import CFDecoder, Times, TimeUnits, time_units
 from .chunkread import DirectChunkReader
+from .dims import DatasetLayout, Dims, StaticArray, array_meta, dataset_layout
 from .errors import (
     AccessDeniedError,
     ChunkReadError,
@@ -53,6 +59,28 @@ class ArrayInfo:
     zarr_format: int
     codecs: tuple[str, ...]
     fill_value: Any
+    sample_axis: int = 0  # axis of the sample dimension in ``shape`` (stored order)
+    dims: Dims | None = None  # dimension names, when stored
+
+    @property
+    def length(self) -> int:
+        """Samples along the sample axis."""
+        return self.shape[self.sample_axis]
+
+    @property
+    def sample_chunk(self) -> int:
+        """Chunk length along the sample axis."""
+        return self.chunks[self.sample_axis]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``shape`` without the sample axis."""
+        return self.shape[: self.sample_axis] + self.shape[self.sample_axis + 1 :]
+
+    @property
+    def major_shape(self) -> tuple[int, ...]:
+        """Shape as the loader hands it on: the sample axis first."""
+        return (self.length, *self.sample_shape)
 
     @property
     def itemsize(self) -> int:
@@ -141,6 +169,22 @@ def translate_error(exc: BaseException, url: str, what: str) -> ZarrLoaderError:
     return ZarrLoaderError(f"error while {what} {url}: {type(exc).__name__}: {exc}")
 
 
+@dataclass(frozen=True)
+class StaticField:
+    """An array without the sample dimension (coordinate, static field, scalar), read once, whole:
+    ``values`` (CF-decoded when the source decodes), its ``dims``, the attributes left after decoding,
+    and its CF time ``units`` when it is a time coordinate."""
+
+    name: str
+    values: np.ndarray
+    dims: Dims | None
+    attrs: Mapping[str, Any]
+    units: TimeUnits | None = None
+
+
+DECODINGS = (None, "cf")
+_TENSOR_KINDS = "biufcmM"  # dtype kinds a loader batch can carry (datetimes as int64)
+
 _LIVE: weakref.WeakSet[ZarrSource] = weakref.WeakSet()
 
 
@@ -155,12 +199,20 @@ if hasattr(os, "register_at_fork"):
 
 
 class ZarrSource:
-    """One Zarr array, or several arrays of a group aligned on axis 0, at ``url``.
+    """One Zarr array, or the arrays of a group along one sample dimension, at ``url``.
 
     ``url``: ``s3://bucket/path.zarr``, ``gs://...``, ``https://...`` (read-only), ``file://...`` or a
     path; zarr v2 or v3, consolidated metadata used when present, sharded arrays and any codec zarr
-    supports. ``arrays``: names inside the group to load (default: every array directly in it).
+    supports. ``arrays``: names inside the group to consider (default: every array directly in it).
     ``storage_options``: a :class:`StorageOptions` or a raw fsspec options dict.
+
+    ``sample_dim``: the dimension to sample along (stores with dimension names: zarr v3
+    ``dimension_names`` or xarray's ``_ARRAY_DIMENSIONS``). Every array having it is sampled, at
+    whatever axis it sits; the others are ``static``. Default: the dimension most data arrays share on
+    axis 0 (``dims.default_sample_dim``); stores without names are sampled along axis 0.
+    ``decode="cf"``: loader batches and ``static`` values are CF-decoded as ``xarray.open_zarr`` does
+    (``decode_batch``); ``times="datetime64"`` also turns CF time coordinates into ``datetime64[ns]``
+    (int64 nanoseconds since 1970 in tensors: torch has no datetime type). Default: stored values.
     """
 
     def __init__(
@@ -168,7 +220,20 @@ class ZarrSource:
         url: str | os.PathLike[str],
         arrays: Sequence[str] | None = None,
         storage_options: StorageOptions | Mapping[str, Any] | None = None,
+        *,
+        sample_dim: str | None = None,
+        decode: str | None = None,
+        times: Times = "numeric",
     ) -> None:
+        if decode not in DECODINGS:
+            raise ValueError(f"decode={decode!r}: choose None (stored values) or 'cf' (as xarray decodes them)")
+        if times not in ("numeric", "datetime64"):
+            raise ValueError(f"times={times!r}: choose 'numeric' (numbers with their units) or 'datetime64'")
+        if times == "datetime64" and decode != "cf":
+            raise ValueError("times='datetime64' decodes CF time units: pass decode='cf' with it")
+        self.sample_dim = sample_dim
+        self.decode = decode
+        self.times: Times = times
         self.location: Location = parse_url(url)
         self.url = self.location.url
         self.array_names_requested: tuple[str, ...] | None = tuple(arrays) if arrays is not None else None
@@ -179,13 +244,19 @@ class ZarrSource:
         self._arrays: dict[str, Any] | None = None
         self._direct: dict[str, DirectChunkReader | None] = {}
         self._infos: tuple[ArrayInfo, ...] | None = None
+        self._layout: DatasetLayout | None = None
+        self._axes: dict[str, int] = {}
+        self._static: dict[str, Any] = {}  # handles of the static arrays
+        self._static_values: dict[str, StaticField] | None = None
+        self._decoders: dict[str, CFDecoder] | None = None
         self._backend: Backend | None = None
         _LIVE.add(self)
 
     # -- pickling / fork safety ------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_lock=None, _pid=None, _arrays=None, _direct={}, _backend=None)  # handles never travel; infos are plain data
+        # handles never travel; infos, layout and decoders are plain data, static values are re-read
+        state.update(_lock=None, _pid=None, _arrays=None, _direct={}, _backend=None, _static={}, _static_values=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -194,7 +265,8 @@ class ZarrSource:
         _LIVE.add(self)
 
     def __repr__(self) -> str:
-        return f"ZarrSource({self.url!r}, arrays={self.array_names_requested!r})"
+        extra = "".join(f", {k}={v!r}" for k, v in (("sample_dim", self.sample_dim), ("decode", self.decode)) if v)
+        return f"ZarrSource({self.url!r}, arrays={self.array_names_requested!r}{extra})"
 
     @property
     def is_open(self) -> bool:
@@ -210,7 +282,8 @@ class ZarrSource:
 
     def with_options(self, options: StorageOptions) -> ZarrSource:
         """A new, unopened source on the same data with other storage options."""
-        return ZarrSource(self.url, self.array_names_requested, options)
+        return ZarrSource(self.url, self.array_names_requested, options, sample_dim=self.sample_dim,
+                          decode=self.decode, times=self.times)
 
     def open(self) -> ZarrSource:
         """Open metadata now (normally done lazily on first use, in the process that reads)."""
@@ -222,6 +295,7 @@ class ZarrSource:
         backend, pid = self._backend, self._pid
         self._arrays = None
         self._direct = {}
+        self._static = {}
         self._pid = None
         self._backend = None
         if backend is not None and pid == os.getpid():
@@ -256,17 +330,55 @@ class ZarrSource:
             if self._arrays is None or self._pid != os.getpid():
                 backend = open_backend(self.location, self.options)
                 try:
-                    arrays = self._open_arrays(backend)
+                    found = self._open_arrays(backend)
+                    layout = self._layout if self._layout is not None else self._make_layout(found)
                 except BaseException:
                     backend.close()
                     raise
+                axes = {a.name: a.axis for a in layout.sampled}
+                arrays = {n: found[n] for n in axes}
                 receiver = backend.receiver()
-                self._direct = {n: DirectChunkReader.for_array(a, receiver) for n, a in arrays.items()}
+                # whole-chunk reads assume rows on axis 0; other axes go through zarr's selection
+                self._direct = {n: DirectChunkReader.for_array(a, receiver) if axes[n] == 0 else None
+                                for n, a in arrays.items()}
+                self._static = {a.name: found[a.name] for a in layout.static}
+                self._layout, self._axes = layout, axes
                 self._backend, self._arrays, self._pid = backend, arrays, os.getpid()
                 if self._infos is None:
-                    self._infos = tuple(self._info(n, a) for n, a in self._arrays.items())
-                    self._validate()
+                    dims = {a.name: a.dims for a in layout.sampled}
+                    self._infos = tuple(self._info(n, a, axes[n], dims[n]) for n, a in arrays.items())
         return self._arrays
+
+    def _make_layout(self, found: dict[str, Any]) -> DatasetLayout:
+        """Which arrays are sampled along which axis (``dims.dataset_layout``), with the historical
+        message for stores without dimension names whose arrays differ in length."""
+        metas = [array_meta(n, a) for n, a in found.items()]
+        shaped = [m for m in metas if m.ndim]
+        if self.sample_dim is None and shaped and not any(m.named for m in shaped):
+            lengths = {m.name or "<array>": m.shape[0] for m in shaped}
+            if len(set(lengths.values())) > 1:
+                raise DatasetLayoutError(
+                    f"arrays in {self.url} are not aligned on axis 0 (sample axis) and store no dimension "
+                    f"names: lengths {lengths}. Fix: name arrays of equal length (--arrays on the command "
+                    "line, arrays=[...] in Python), or store dimension names (xarray writes them) so that "
+                    "shorter arrays are carried whole as static arrays"
+                )
+        layout = dataset_layout(metas, self.sample_dim, where=self.url)
+        return self._carry_untensorable(layout, found)
+
+    def _carry_untensorable(self, layout: DatasetLayout, found: dict[str, Any]) -> DatasetLayout:
+        """In a store with dimension names opened without ``arrays=``, arrays along the sample dimension
+        that no tensor can hold (strings, objects: xarray's labels such as ``station(time)``) are
+        carried whole in ``static``, next to numeric data arrays. Arrays named in ``arrays=`` are
+        always sampled (``read_rows`` returns any dtype; a batch of strings then fails in torch)."""
+        if self.array_names_requested is not None or layout.sample_dim is None:
+            return layout
+        odd = [a for a in layout.sampled if getattr(found[a.name].dtype, "kind", "O") not in _TENSOR_KINDS]
+        if not odd or len(odd) == len(layout.sampled):
+            return layout
+        keep = tuple(a for a in layout.sampled if a not in odd)
+        carried = tuple(StaticArray(a.name, a.shape, a.dims, a.chunks, a.dtype) for a in odd)
+        return dataclasses.replace(layout, sampled=keep, static=layout.static + carried)
 
     def _open_arrays(self, backend: Backend) -> dict[str, Any]:
         import zarr
@@ -332,7 +444,7 @@ class ZarrSource:
                 "Fix: check the path; for a group's member append /NAME or pass arrays=[...]")
 
     @staticmethod
-    def _info(name: str, arr: Any) -> ArrayInfo:
+    def _info(name: str, arr: Any, sample_axis: int = 0, dims: Dims | None = None) -> ArrayInfo:
         shards = getattr(arr, "shards", None)
         return ArrayInfo(
             name=name,
@@ -343,19 +455,9 @@ class ZarrSource:
             zarr_format=int(arr.metadata.zarr_format),
             codecs=_codec_names(arr),
             fill_value=arr.fill_value.item() if hasattr(arr.fill_value, "item") else arr.fill_value,
+            sample_axis=sample_axis,
+            dims=dims,
         )
-
-    def _validate(self) -> None:
-        infos = self._infos or ()
-        scalars = [i.name or "<array>" for i in infos if not i.shape]
-        if scalars:
-            raise DatasetLayoutError(f"0-d arrays have no sample axis: {scalars}; exclude them with arrays=[...]")
-        lengths = {i.name or "<array>": i.shape[0] for i in infos}
-        if len(set(lengths.values())) > 1:
-            raise DatasetLayoutError(
-                f"arrays in {self.url} are not aligned on axis 0 (sample axis): lengths {lengths}. "
-                "Fix: pass arrays=[...] naming arrays of equal length, or rewrite the shorter ones"
-            )
 
     # -- metadata ----------------------------------------------------------------------------------
     @property
@@ -364,6 +466,92 @@ class ZarrSource:
             self._handles()
         assert self._infos is not None
         return self._infos
+
+    @property
+    def layout(self) -> DatasetLayout:
+        """Sampled and static arrays and the sample dimension (``dims.DatasetLayout``); opens metadata."""
+        if self._layout is None:
+            self._handles()
+        assert self._layout is not None
+        return self._layout
+
+    @property
+    def static_infos(self) -> tuple[ArrayInfo, ...]:
+        """ArrayInfo of every static array (metadata only)."""
+        self._handles()
+        dims = {a.name: a.dims for a in self.layout.static}
+        return tuple(self._info(n, a, 0, dims[n]) for n, a in self._static.items())
+
+    @property
+    def static(self) -> dict[str, StaticField]:
+        """Arrays without the sample dimension, read once, whole (CF-decoded when ``decode="cf"``)."""
+        if self._static_values is None or self._pid != os.getpid():
+            self._handles()
+            out: dict[str, StaticField] = {}
+            decoders = self.decoders
+            for a in self.layout.static:
+                arr = self._static[a.name]
+                sel = tuple(slice(None) for _ in a.shape)
+                try:
+                    values = np.asarray(self._run(_async_array(arr).getitem(sel),
+                                                  f"reading static array {a.name!r} of {self.url}"))
+                except Exception as exc:
+                    full = tuple(slice(0, n) for n in a.shape)
+                    raise self._read_error(exc, a.name, arr, full) from exc
+                dec = decoders.get(a.name)
+                if dec is not None:
+                    values = dec.decode(values)
+                attrs = dict(dec.attrs) if dec is not None else dict(arr.attrs)
+                out[a.name] = StaticField(a.name, values, a.dims, attrs, time_units(arr.attrs))
+            self._static_values = out
+        return self._static_values
+
+    @property
+    def decoders(self) -> dict[str, CFDecoder]:
+        """The CF decoder of every array that decoding changes (empty unless ``decode="cf"``)."""
+        if self.decode != "cf":
+            return {}
+        if self._decoders is None:
+            self._handles()
+            out: dict[str, CFDecoder] = {}
+            for name, arr in (*self._arrays_all(),):
+                dec = CFDecoder.from_attrs(dict(arr.attrs), arr.dtype, arr.fill_value,
+                                           zarr_format=int(arr.metadata.zarr_format), times=self.times)
+                if not dec.is_identity:
+                    out[name] = dec
+            self._decoders = out
+        return self._decoders
+
+    def _arrays_all(self) -> list[tuple[str, Any]]:
+        return [*self._handles().items(), *self._static.items()]
+
+    def _arrays_all_dict(self) -> dict[str, Any]:
+        """Every opened zarr array, sampled and static, by name (for inspect)."""
+        return dict(self._arrays_all())
+
+    @property
+    def time_units(self) -> dict[str, TimeUnits]:
+        """CF time units (``"hours since 1970-01-01"``, calendar) of every array that has them."""
+        self._handles()
+        return {n: tu for n, a in self._arrays_all() if (tu := time_units(a.attrs)) is not None}
+
+    def attrs(self, name: str) -> dict[str, Any]:
+        """Attributes of array ``name`` as the loader's values carry them: after CF decoding, the
+        encoding attributes (``_FillValue``, ``scale_factor``...) are gone, as in xarray."""
+        arr = dict(self._arrays_all()).get(name)
+        if arr is None:
+            raise KeyError(f"no array {name!r} in {self.url}; arrays: {[n for n, _ in self._arrays_all()]}")
+        dec = self.decoders.get(name)
+        return dict(dec.attrs) if dec is not None else dict(arr.attrs)
+
+    def decode_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """CF-decode a batch of stored rows (``{name: sample-major array}``), one vectorised call per
+        array, in place where the dtype does not change; keys without a decoder (``index``) pass.
+        Identity when ``decode`` is None."""
+        decoders = self.decoders
+        if not decoders:
+            return batch
+        return {k: (decoders[k].decode(v) if k in decoders else v) for k, v in batch.items()}
 
     @property
     def direct_arrays(self) -> tuple[str, ...]:
@@ -385,7 +573,7 @@ class ZarrSource:
         return tuple(i.name for i in self.infos)
 
     def __len__(self) -> int:
-        return self.infos[0].shape[0]
+        return self.infos[0].length
 
     @property
     def num_samples(self) -> int:
@@ -395,14 +583,14 @@ class ZarrSource:
     def block_length(self) -> int:
         """Rows read together: a common multiple of the arrays' chunk lengths on axis 0 when small,
         so every read covers whole chunks of every array."""
-        lens = [i.chunks[0] for i in self.infos]
+        lens = [i.sample_chunk for i in self.infos]
         lcm = math.lcm(*lens)
         return lcm if lcm <= _MAX_LCM_FACTOR * max(lens) else max(lens)
 
     @property
     def sample_nbytes(self) -> int:
         """Uncompressed bytes of one sample across all arrays."""
-        return sum(math.prod(i.shape[1:]) * i.itemsize for i in self.infos)
+        return sum(math.prod(i.sample_shape) * i.itemsize for i in self.infos)
 
     @property
     def nbytes(self) -> int:
@@ -452,7 +640,7 @@ class ZarrSource:
                 if reader is not None:
                     jobs.append((name, reader, [reader.read_many(ranges, views=views)]))
                 else:
-                    jobs.append((name, None, [_async_array(arr).getitem(slice(a, b)) for a, b in merged]))
+                    jobs.append((name, None, [_async_array(arr).getitem(self._sel(name, a, b)) for a, b in merged]))
             flat = await asyncio.gather(*(c for _, _, coros in jobs for c in coros))
             out: list[dict[str, np.ndarray]] = [{} for _ in ranges]
             i = 0
@@ -461,7 +649,8 @@ class ZarrSource:
                 if reader is not None:
                     per_range = got[0]
                 else:
-                    per_range = [d[name] for d in _split_ranges(ranges, merged, {name: [np.asarray(x) for x in got]})]
+                    major = [self._major(name, x) for x in got]
+                    per_range = [d[name] for d in _split_ranges(ranges, merged, {name: major})]
                 for o, x in zip(out, per_range, strict=True):
                     o[name] = x
             return out
@@ -493,8 +682,8 @@ class ZarrSource:
 
         async def all_reads() -> list[Any]:
             coros = [
-                _async_array(arr).getitem(slice(a, b))
-                for arr in handles.values()
+                _async_array(arr).getitem(self._sel(name, a, b))
+                for name, arr in handles.items()
                 for a, b in segments
             ]
             return await asyncio.gather(*coros)
@@ -507,20 +696,39 @@ class ZarrSource:
             # redo one by one: the failing read raises with the chunk named
             return {name: [self.read_array_rows(name, a, b) for a, b in segments] for name in handles}
         n = len(segments)
-        return {name: [np.asarray(x) for x in flat[i * n : (i + 1) * n]] for i, name in enumerate(handles)}
+        return {name: [self._major(name, x) for x in flat[i * n : (i + 1) * n]] for i, name in enumerate(handles)}
 
     def read_array_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of one array, with the same error naming as read_rows."""
         arr = self._handles()[name]
+        sel = self._sel(name, start, stop)
         try:
-            return np.asarray(self._run(_async_array(arr).getitem(slice(start, stop)),
-                                        f"reading {name or 'array'}[{start}:{stop}] of {self.url}"))
+            return self._major(name, self._run(_async_array(arr).getitem(sel),
+                                               f"reading {name or 'array'}[{start}:{stop}] of {self.url}"))
         except Exception as exc:
-            raise self._read_error(exc, name, arr, (slice(start, stop),)) from exc
+            axis = self._axes.get(name, 0)
+            full = (slice(start, stop),) if axis == 0 else tuple(
+                slice(start, stop) if i == axis else slice(0, n) for i, n in enumerate(arr.shape))
+            raise self._read_error(exc, name, arr, full) from exc
+
+    def _sel(self, name: str, start: int, stop: int) -> Any:
+        """The selection of samples [start, stop) of array ``name``, along its own sample axis."""
+        axis = self._axes.get(name, 0)
+        if axis == 0:
+            return slice(start, stop)
+        return (slice(None),) * axis + (slice(start, stop),)
+
+    def _major(self, name: str, block: Any) -> np.ndarray:
+        """A block read with ``_sel`` as the loader hands it on: sample axis first, C-contiguous (one
+        copy for arrays sampled on another axis; none otherwise)."""
+        x = np.asarray(block)
+        axis = self._axes.get(name, 0)
+        return x if axis == 0 else np.ascontiguousarray(np.moveaxis(x, axis, 0))
 
     def patch_axes(self, info: ArrayInfo, axes: Sequence[int]) -> tuple[int, ...] | None:
-        """``axes`` resolved for one array (negative counts from the end), or None when the array has
-        too few dimensions to be cropped (e.g. labels of shape (N,)): it is then read whole."""
+        """``axes`` resolved for one array (negative counts from the end; axes of the sample-major
+        array, whose axis 0 is the sample axis), or None when the array has too few dimensions to be
+        cropped (e.g. labels of shape (N,)): it is then read whole."""
         nd = len(info.shape)
         resolved = tuple(a if a >= 0 else nd + a for a in axes)
         if any(a < 1 or a >= nd for a in resolved):
@@ -534,15 +742,18 @@ class ZarrSource:
         out: dict[str, np.ndarray] = {}
         for info in self.infos:
             arr = arrays[info.name]
-            sel: list[slice] = [slice(row, row + 1)] + [slice(None)] * (len(info.shape) - 1)
+            nd, sa = len(info.shape), info.sample_axis
+            stored = [sa] + [i for i in range(nd) if i != sa]  # sample-major axis -> stored axis
+            sel: list[slice] = [slice(None)] * nd
+            sel[sa] = slice(row, row + 1)
             resolved = self.patch_axes(info, axes)
             if resolved is not None:
                 for a, s0, n in zip(resolved, starts, size, strict=True):
-                    sel[a] = slice(s0, s0 + n)
+                    sel[stored[a]] = slice(s0, s0 + n)
             try:
                 got = self._run(_async_array(arr).getitem(tuple(sel)),
                                 f"reading a patch of {info.name or 'array'}[{row}] of {self.url}")
-                out[info.name] = np.asarray(got)[0]
+                out[info.name] = self._major(info.name, got)[0]
             except Exception as exc:
                 full = tuple(slice(s.start or 0, dim if s.stop is None else s.stop) for s, dim in zip(sel, info.shape, strict=True))
                 raise self._read_error(exc, info.name, arr, full) from exc
@@ -550,15 +761,16 @@ class ZarrSource:
 
     def object_key(self, name: str, coords: Sequence[int]) -> str:
         """Full URL of the stored object (chunk or shard) at grid ``coords`` of array ``name``."""
-        arr = self._handles()[name]
+        arr = self._arrays_all_dict()[name]
         key = arr.metadata.encode_chunk_key(tuple(coords))
         prefix = "/".join(p for p in (self.url.rstrip("/"), arr.path.strip("/") if name else "") if p)
         return f"{prefix}/{key}"
 
     def object_keys(self, name: str) -> list[str]:
-        """Keys (relative to the store root) of every nominal chunk/shard object of ``name``."""
-        arr = self._handles()[name]
-        info = next(i for i in self.infos if i.name == name)
+        """Keys (relative to the store root) of every nominal chunk/shard object of ``name`` (sampled
+        or static)."""
+        arr = self._arrays_all_dict()[name]
+        info = next(i for i in (*self.infos, *self.static_infos) if i.name == name)
         grid = [range(math.ceil(s / c)) for s, c in zip(info.shape, info.object_shape, strict=True)]
         base = arr.path.strip("/")
         enc = arr.metadata.encode_chunk_key
@@ -595,7 +807,7 @@ class ZarrSource:
             s = sel[axis] if axis < len(sel) else slice(0, size)
             start, stop = s.start or 0, size if s.stop is None else min(s.stop, size)
             ranges.append(range(start // chunks[axis], max(start // chunks[axis] + 1, math.ceil(stop / chunks[axis]))))
-        name = next((n for n, a in self._handles().items() if a is arr), "")
+        name = next((n for n, a in self._arrays_all() if a is arr), "")
         for n, coords in enumerate(itertools.product(*ranges)):
             if n >= _MAX_PROBES:
                 break

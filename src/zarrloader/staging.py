@@ -38,7 +38,7 @@ from .errors import (
     WriteError,
     ZarrLoaderError,
 )
-from .storage import Location, StorageOptions, filesystem, parse_url
+from .storage import Location, StorageOptions, parse_url
 
 PARTIAL_SUFFIX = ".zarrloader-partial"
 MARKER = ".zarrloader-partial.json"  # the job that owns a partial store (and proof that we made it)
@@ -87,11 +87,14 @@ def metadata_order(keys: Iterable[str]) -> list[str]:
 
 
 def check_not_inside(src: str, dst: str) -> None:
-    """Refuse a destination equal to the source or inside it (or a source inside the destination)."""
+    """Refuse a destination equal to the source or inside it (or a source inside the destination).
+    Local paths are compared after resolving symbolic links (``ln -s data.zarr alias`` is the same store)."""
     a, b = parse_url(src), parse_url(dst)
     if a.protocol != b.protocol:
         return
     pa, pb = a.path.rstrip("/"), b.path.rstrip("/")
+    if a.protocol == "file":
+        pa, pb = os.path.realpath(pa), os.path.realpath(pb)
     if pa == pb or pb.startswith(pa + "/") or pa.startswith(pb + "/"):
         raise WriteError(
             f"destination {dst} overlaps the source {src}: writing it would change what is being read. "
@@ -134,7 +137,7 @@ class StagedWriter:
         self.final = self.loc.path.rstrip("/") or "/"
         self.root = self.final + PARTIAL_SUFFIX if self.local else self.final
         self.stats = StagingStats()
-        self._fs: Any = None
+        self._backend: Any = None
         self._lock = threading.Lock()
         self._done: dict[str, int] = {}
         self._units: set[str] = set()
@@ -152,14 +155,20 @@ class StagedWriter:
     def __enter__(self) -> StagedWriter:
         return self.open()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # after a storage deadline, flushing the journal would wait out another deadline on the same
+        # dead server: skip it (finished objects are found by listing on resume; only empty units redo)
+        dead = exc_type is not None and issubclass(exc_type, StorageUnavailableError)
+        self.close(flush=not dead)
 
     @property
-    def fs(self) -> Any:
-        if self._fs is None:
-            self._fs = filesystem(self.loc, self.options)
-        return self._fs
+    def backend(self) -> Any:
+        """The storage backend of an object-store DST: every request bounded by its deadline."""
+        if self._backend is None:
+            from .backends import open_backend
+
+            self._backend = open_backend(self.loc, self.options)
+        return self._backend
 
     def open(self) -> StagedWriter:
         """Check DST, claim it (marker), and load what an earlier run of the same job finished."""
@@ -177,16 +186,18 @@ class StagedWriter:
         self._opened = True
         return self
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
         """Flush the journal and release files; an uncommitted store stays resumable."""
         with self._lock:
             if self._journal is not None:
                 with contextlib.suppress(OSError):
                     self._journal.close()
                 self._journal = None
-            if not self.local and self._pending_units and not self._committed:
+            if flush and not self.local and self._pending_units and not self._committed:
                 with contextlib.suppress(Exception):
                     self._flush_segment()
+        if self._backend is not None:
+            self._backend.close()
 
     # -- local -------------------------------------------------------------------------------------
     def _open_local(self) -> None:
@@ -210,6 +221,7 @@ class StagedWriter:
                     f"{self.url} already exists (a Zarr store). Fix: choose another destination, or pass "
                     "overwrite=True (--overwrite) to replace it"
                 )
+        _check_local_parent(self.url, root)
         if os.path.lexists(root):
             marker = self._read_local_marker()
             if marker is None:
@@ -288,10 +300,9 @@ class StagedWriter:
 
     # -- object stores -------------------------------------------------------------------------------
     def _open_remote(self) -> None:
-        fs, final = self.fs, self.final
         bucket = self.loc.bucket
         try:
-            if bucket and not fs.exists(bucket):
+            if bucket and self.backend.bucket_exists() is False:
                 raise StoreNotFoundError(
                     f"bucket {bucket!r} does not exist (or is not visible to these credentials) for {self.url}. "
                     "Fix: create the bucket, or check its name, the region and the endpoint URL"
@@ -301,7 +312,7 @@ class StagedWriter:
             raise
         except Exception as exc:
             raise self._error(exc, "listing") from exc
-        names = {k[len(final) + 1 :] for k in entries}
+        names = set(entries)
         self._own_remote = {n for n in names if n.split("/", 1)[0] in _OWN}
         marker = None
         if MARKER in names or any(m in names for m in LEGACY_MARKERS):
@@ -332,56 +343,52 @@ class StagedWriter:
         self._put_remote(MARKER, self._marker_doc("writing"))
 
     def _remote_listing(self) -> dict[str, int]:
-        """Every object under DST/ with its size (keys as the filesystem names them)."""
-        prefix = self.final + "/"
-        try:
-            found = self.fs.find(prefix, detail=True)
-        except FileNotFoundError:
-            return {}
-        return {k: int(v.get("size") or 0) for k, v in found.items()
-                if k.startswith(prefix) and v.get("type", "file") != "directory"}
+        """Every object under DST/ with its size, keyed relative to DST."""
+        return {o.key: o.size for o in self.backend.list_objects("") if o.key}
 
     def _read_remote_marker(self) -> dict[str, Any]:
         try:
-            return json.loads(bytes(self.fs.cat_file(f"{self.final}/{MARKER}")))
-        except (OSError, ValueError):
+            raw = self.backend.get(MARKER)
+            return json.loads(raw) if raw is not None else {}
+        except ValueError:
             return {}
 
     def _claim_and_clear(self, entries: Mapping[str, int]) -> None:
         """Mark DST as ours (state 'clearing', so an interrupted delete resumes as a delete), remove
         the old store's objects -- only keys under DST/ -- then switch to 'writing'."""
+        import asyncio
+
         self._put_remote(MARKER, self._marker_doc("clearing"))
-        prefix = self.final + "/"
-        doomed = [k for k in entries if k.startswith(prefix) and k != prefix + MARKER]
+        doomed = [k for k in entries if k != MARKER]
         # metadata documents first: the old store stops being readable before its chunks go
         doomed.sort(key=lambda k: (0 if is_metadata_key(k) else 1, k))
-        for i in range(0, len(doomed), 500):
-            self.fs.rm(doomed[i : i + 500])
-        self.fs.invalidate_cache(self.final)
+        backend = self.backend
+        for i in range(0, len(doomed), 64):
+            batch = doomed[i : i + 64]
+
+            async def delete_all(keys: list[str] = batch) -> None:
+                await asyncio.gather(*(backend.delete_async(k) for k in keys))
+
+            backend.run(delete_all(), f"deleting {len(batch)} objects of the old store at {self.url}")
         self._put_remote(MARKER, self._marker_doc("writing"))
 
     def _resume_remote(self, entries: Mapping[str, int]) -> None:
         self.resumed = True
-        prefix = self.final + "/"
-        for k, size in entries.items():
-            key = k[len(prefix) :]
+        for key, size in entries.items():
             if key.split("/", 1)[0] in _OWN or is_metadata_key(key):
                 continue
             self._done[key] = size
-        for k in sorted(entries):
-            key = k[len(prefix) :]
+        for key in sorted(entries):
             if key.startswith(JOURNAL_DIR + "/"):
                 self._segment += 1
-                try:
-                    text = bytes(self.fs.cat_file(k)).decode()
-                except OSError:
-                    continue
-                self._units.update(u for u in text.splitlines() if u)
+                raw = self.backend.get(key)
+                if raw is not None:
+                    self._units.update(u for u in raw.decode().splitlines() if u)
         self.stats.objects_resumed = len(self._done)
         self.stats.units_resumed = len(self._units)
 
     def _put_remote(self, key: str, data: bytes | memoryview) -> None:
-        self.fs.pipe_file(f"{self.final}/{key}", bytes(data))
+        self.backend.put(key, bytes(data))
         if key.split("/", 1)[0] in _OWN:
             self._own_remote.add(key)
 
@@ -427,6 +434,8 @@ class StagedWriter:
                     self._journal.flush()
             else:
                 self._put_remote(key, data)
+        except ZarrLoaderError:
+            raise  # already names cause and fix (a storage deadline, a denied write)
         except Exception as exc:
             raise self._error(exc, f"writing {key} to") from exc
         with self._lock:
@@ -483,9 +492,8 @@ class StagedWriter:
                 # our own bookkeeping objects, the marker last (known from the listing at open and
                 # from what this run wrote: no second listing of a large store)
                 for key in [*sorted(self._own_remote - {MARKER}), MARKER]:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm_file(f"{self.final}/{key}")
-        except WriteError:
+                    self.backend.delete(key)
+        except ZarrLoaderError:
             raise
         except Exception as exc:
             raise self._error(exc, "committing") from exc
@@ -562,6 +570,49 @@ class StagedWriter:
             f"it resumes ({os.strerror(getattr(exc, 'errno', errno.ENOSPC) or errno.ENOSPC)})",
             needed_bytes=needed,
         )
+
+
+#: filesystems that hold no files of their own: writing a store there can never work
+_SPECIAL_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs", "tracefs",
+               "bpf", "configfs", "fusectl", "pstore", "efivarfs", "mqueue", "binfmt_misc", "autofs"}
+
+
+def _mount_of(path: str) -> tuple[str, str] | None:
+    """(mount point, filesystem type) holding ``path`` (an existing path), from /proc/self/mounts."""
+    best: tuple[str, str] | None = None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                point = parts[1].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and (
+                        best is None or len(point) > len(best[0])):
+                    best = (point, parts[2])
+    except OSError:
+        return None
+    return best
+
+
+def _check_local_parent(url: str, root: str) -> None:
+    """Refuse, before creating anything, a destination whose folder cannot hold a store: under a
+    file, on a virtual filesystem (/proc, /sys), or in a folder this user may not write."""
+    parent = os.path.dirname(os.path.abspath(root)) or "/"
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "/"
+    existing = os.path.realpath(existing)
+    if not os.path.isdir(existing):
+        raise WriteError(f"cannot write {url}: {existing} is a file, not a folder. Fix: choose a destination "
+                         "path whose parent is a folder")
+    mount = _mount_of(existing)
+    if mount is not None and mount[1] in _SPECIAL_FS:
+        raise WriteError(f"cannot write {url}: {mount[0]} is a {mount[1]} filesystem (virtual files of the kernel), "
+                         "which cannot hold a Zarr store. Fix: choose a destination on a real disk or an object store")
+    if not os.access(existing, os.W_OK):
+        raise WriteError(f"permission denied: cannot create {url} in {existing} (uid {os.getuid()} may not write "
+                         "there). Fix: choose a destination this user may write, or fix the folder's permissions")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

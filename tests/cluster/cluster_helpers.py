@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smokesuite.report import SmokeReport
+
 CONTAINER_OUT = "/smoke-out"
 # Big enough /dev/shm that doctor's shm check is clean; host network so the suite's loopback S3 server works.
 COMMON = ("--rm", "--network", "host", "--shm-size", "2g")
@@ -29,14 +31,13 @@ class SuiteRun:
     exit_code: int
     wall_s: float
     output: str
-    report: dict[str, Any] | None = None
+    report: SmokeReport | None = None  # read through the schema the gate uses, never as raw keys
     outcomes: dict[str, str] = field(default_factory=dict)
 
     def failures(self) -> list[str]:
         if self.report is None:
             return [f"no report (exit {self.exit_code}): {self.output[-2000:]}"]
-        bad = [f"{c['name']}: {c['outcome']}: {c.get('reason')}" for c in self.report["checks"]
-               if c["outcome"] in ("failed", "error")]
+        bad = [f"{c.name}: {c.outcome}: {c.reason}" for c in self.report.failed_checks]
         for name in MODE_CHECKS:
             got = next((o for n, o in self.outcomes.items() if n.endswith(name)), "missing")
             if got != "passed":
@@ -56,8 +57,8 @@ def run_suite(engine: str, image: str, flags: list[str], out_dir: Path, timeout_
     run = SuiteRun(command=cmd, exit_code=code, wall_s=time.monotonic() - t0, output=output)
     report = out_dir / "report.json"
     if report.is_file():
-        run.report = json.loads(report.read_text())
-        run.outcomes = {c["name"]: c["outcome"] for c in run.report["checks"]}
+        run.report = SmokeReport.load(report)
+        run.outcomes = {c.name: c.outcome for c in run.report.checks}
     return run
 
 

@@ -4,13 +4,14 @@ archive: on these machines this skips with that reason; it runs wherever an `app
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from smokesuite.report import SmokeReport
 
 REPO = Path(__file__).resolve().parents[2]
 DEF_FILE = REPO / "deploy" / "apptainer" / "pytorch-cuda.def"
@@ -44,6 +45,6 @@ def test_suite_passes_in_a_sif(built_image: str) -> None:
         proc = subprocess.run([apptainer, "exec", "--bind", f"{work}:{work}", str(sif), "smoke", "--expect", "cpu",
                                "--report", str(report), "-q"], capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
-        assert json.loads(report.read_text())["passed"]
+        assert SmokeReport.load(report).passed
     finally:
         shutil.rmtree(work, ignore_errors=True)

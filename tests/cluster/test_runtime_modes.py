@@ -28,7 +28,7 @@ def test_suite_passes_in_mode(built_image: str, out_dir, mode: str, record_prope
     print(f"{mode}: exit {run.exit_code} in {run.wall_s:.0f} s: {' '.join(run.command)}")
     failures = run.failures()
     assert run.exit_code == 0 and not failures, f"{mode}: " + "; ".join(failures)
-    assert run.report and run.report["passed"] and run.report["mode"] == "cpu"
+    assert run.report and run.report.passed and run.report.mode == "cpu"
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -10,29 +10,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # faultkit, importable by the tests beside it
 
+from faultkit import BUCKET, write_stores
+
 from zarrloader.s3server import S3Server, embedded_s3
-
-BUCKET = "data"
-SHAPE, CHUNKS = (400, 32, 32), (8, 32, 32)  # 50 chunks of 32 KiB
-
-
-def data() -> np.ndarray:
-    return np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
-
-
-def write_stores(root: Path) -> None:
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    for name, compressors in (("plain.zarr", None), ("zstd.zarr", ZstdCodec(level=1))):
-        z = zarr.create_array(str(root / BUCKET / name), shape=SHAPE, chunks=CHUNKS, dtype="float32",
-                              compressors=compressors)
-        z[:] = data()
 
 
 @pytest.fixture()

@@ -27,7 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -209,3 +212,25 @@ class StallingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the fault tests' data: one bucket, two small stores written by zarr-python ------------------
+# Here, not in conftest.py: tests import these by module name, and `conftest` is a name every test
+# folder has (imported from there, the first folder's conftest wins).
+
+BUCKET = "data"
+SHAPE, CHUNKS = (400, 32, 32), (8, 32, 32)  # 50 chunks of 32 KiB
+
+
+def data() -> np.ndarray:
+    return np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+
+
+def write_stores(root: Path) -> None:
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    for name, compressors in (("plain.zarr", None), ("zstd.zarr", ZstdCodec(level=1))):
+        z = zarr.create_array(str(root / BUCKET / name), shape=SHAPE, chunks=CHUNKS, dtype="float32",
+                              compressors=compressors)
+        z[:] = data()

@@ -11,9 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from faultkit import StallingProxy, frozen, run_bounded
+from faultkit import BUCKET, StallingProxy, data, frozen, run_bounded
 
-from conftest import BUCKET, data
 from zarrloader import AccessDeniedError, StorageOptions, StorageUnavailableError, ZarrSource, make_loader
 from zarrloader.backends import Deadline
 from zarrloader.s3server import S3Server

@@ -78,7 +78,7 @@ def test_a_hand_edited_lock_is_refused(tmp_path: Path) -> None:
     # an entry without hashes
     bad = tmp_path / "data.txt"
     bad.write_text(text + "extra-package==1.0\n")
-    with pytest.raises(LockError, match="extra-package==1.0 has no --hash"):
+    with pytest.raises(LockError, match=re.escape("extra-package==1.0 has no --hash")):
         parse(bad)
     # a range instead of a pin
     bad.write_text(text + "other>=1 --hash=sha256:" + "0" * 64 + "\n")
@@ -144,3 +144,15 @@ def test_images_import_no_host_tool() -> None:
         for m in re.finditer(r"^\s*(?:from|import) (smokesuite[.\w]*)", py.read_text(), re.M):
             assert m.group(1) == "smokesuite.report", f"{py} imports {m.group(1)}"
     assert LOCK_ROOT.is_dir()
+
+
+def test_check_of_one_platform_ignores_the_other_platforms_locks() -> None:
+    """A runner checks the locks of its own platform: cu126's arm64 locks are not its business on amd64."""
+    from imagectl.lock_cmd import check_all
+
+    m = load_matrix()
+    v = m.variant("cu126")
+    assert "linux/arm64" in v.platforms
+    mine = check_all(m, [v], platforms=["linux/amd64"])
+    assert mine and all("arm64" not in s.path.name for s in mine)
+    assert any("arm64" in s.path.name for s in check_all(m, [v]))

@@ -41,6 +41,9 @@ def test_refusals_are_recomputed_from_the_checks(tmp_path: Path) -> None:
     assert "1 check(s) failed" in _why(_report(tmp_path, failed=1, passed=True))
     # a report claiming GPU mode whose host saw no GPU
     assert "host facts list no GPU" in _why(_report(tmp_path, host={"gpus": []}))
+    # ... or only an empty entry where NVML would name the device and its architecture
+    assert "host facts list no GPU" in _why(_report(tmp_path, host={"driver": "580.1", "gpus": [{}]}))
+    assert "host facts list no GPU" in _why(_report(tmp_path, host={"gpus": [{"name": "x", "sm": "fast"}]}))
     # GPU mode, but the GPU checks were skipped
     assert "GPU check(s) did not pass" in _why(_report(tmp_path, gpu_outcome="skipped"))
     cpu = _report(tmp_path, mode="cpu", expect="cpu")

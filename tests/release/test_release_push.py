@@ -212,3 +212,17 @@ def test_dry_run_pushes_nothing(images: GateImages, registry: LocalRegistry, tmp
     assert res.returncode == 0 and "dry run: nothing pushed" in res.stdout
     assert "v2.6-cu124-20261130-0123456" in res.stdout
     assert images.name not in registry.catalog()
+
+
+def test_unbuilt_devel_is_left_out_by_default_but_refused_when_named(images: GateImages, registry: LocalRegistry,
+                                                                       tmp_path: Path) -> None:
+    """devel is an optional target: the default layer set notes its absence; --layers devel makes it an error."""
+    ids = images.build()
+    write_report(tmp_path / "reports/r.json", ids["data"])
+    res = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "devel left out: no local image" in res.stderr and "TARGET=devel" in res.stderr
+    named = _push_cli(images, registry, tmp_path / "reports", tmp_path / "out", "--dry-run",
+                      "--layers", "data,devel")
+    assert named.returncode == 3 and "no local image" in named.stderr and "-devel" in named.stderr
+    assert "nothing was pushed" in named.stderr

@@ -4,8 +4,10 @@ output, the docker command line, and (when an image is present) a real run."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -80,13 +82,15 @@ def test_missing_image_is_a_clear_error() -> None:
         smoke.run_smoke_in_container("pytorch-cuda-does-not-exist:0", expect="cpu")
 
 
+OS_IMAGE = "pytorch-cuda-os:trixie"  # `make base-os`: a real image with no suite in it
+
+
 def _plain_image() -> str:
-    images = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
-                            text=True, timeout=30).stdout.split()
-    plain = [i for i in images if "<none>" not in i and not i.startswith("pytorch-cuda:")]
-    if not plain:
-        pytest.skip("no local image without the suite to try")
-    return plain[0]
+    # Not any local image: one known to hold no `smoke` (a developer's own images may well hold one).
+    probe = subprocess.run(["docker", "image", "inspect", OS_IMAGE], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"no {OS_IMAGE} (make base-os) to try an image without the suite")
+    return OS_IMAGE
 
 
 @pytest.mark.docker
@@ -103,3 +107,28 @@ def test_real_docker_run_failures_are_classified() -> None:
     assert gpu.failure is not None and "--gpus" in gpu.command
     # no NVIDIA runtime: docker refuses --gpus; with one, the image still lacks `smoke`
     assert gpu.failure.kind in ("no_gpu_runtime", "driver_too_old", "no_smoke_command"), gpu.output_tail
+
+
+@pytest.mark.docker
+def test_a_silent_hang_is_killed_at_the_deadline_container_included(tmp_path) -> None:
+    """A suite that prints nothing and never ends (a hang in NCCL or on storage) still ends at the deadline,
+    and the container is killed with the client (it would otherwise keep running on the host)."""
+    if not _docker_ok():
+        pytest.skip("no docker engine answers")
+    base = _plain_image()
+    tag = f"imagectl-smoke-hang:{os.getpid()}"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base}\nRUN printf '#!/bin/sh\\nexec sleep 600\\n' > /usr/local/bin/smoke && chmod 755 /usr/local/bin/smoke\n")
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True, capture_output=True, timeout=300)
+    try:
+        t0 = time.monotonic()
+        result = smoke.run_smoke_in_container(tag, expect="cpu", stream=False, timeout_s=8)
+        waited = time.monotonic() - t0
+        assert result.report is None and not result.passed
+        assert "killed after 8 s" in result.output_tail
+        assert waited < 120, f"the deadline of 8 s did not hold: {waited:.0f} s"
+        running = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={tag}"], capture_output=True,
+                                 text=True, timeout=30).stdout.split()
+        assert not running, f"the container outlived the deadline: {running}"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)

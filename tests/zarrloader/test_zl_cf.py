@@ -216,3 +216,43 @@ def test_cf_cost_reports_both() -> None:
     assert c.stored_dtype == "int16" and c.out_dtype == "float64"
     assert c.copy_s > 0 and c.decode_s > 0 and c.ratio > 0
     assert c.to_dict()["decoded_bytes"] == 8 * 128 * 128 * 8
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_loader_batches_match_xarray_bit_exact(tmp_path: Path, fmt: int) -> None:
+    """decode="cf" inside the loader's batch gather: every shuffled row, NaNs included, is xarray's."""
+    from zarrloader import ZarrSource, make_loader
+
+    cases = CASES_V3 if fmt == 3 else CASES_V2
+    store = tmp_path / f"l{fmt}.zarr"
+    for name, (dtype, attrs, fill, fills) in cases.items():
+        _write(store, fmt, name, _plant(_values(dtype), fills), attrs, fill)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store))
+        ds = xr.open_zarr(str(store), zarr_format=fmt, decode_times=False).load()
+    src = ZarrSource(store, decode="cf")
+    assert set(src.names) == set(cases) and not src.static
+    seen = 0
+    for batch in make_loader(src, batch_size=40_000, shuffle=True, seed=1, return_index=True, pin_memory=False):
+        idx = batch["index"].numpy()
+        seen += len(idx)
+        for name in cases:
+            got, want = batch[name].numpy(), ds[name].values[idx]
+            assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), name
+    assert seen == N
+
+
+def test_decode_batch_passes_index_and_is_identity_without_decoding(tmp_path: Path) -> None:
+    from zarrloader import ZarrSource
+
+    store = tmp_path / "d.zarr"
+    _write(store, 3, "t", _plant(_values("float32", 100), [np.float32(-999.0)]), {"missing_value": -999.0}, float("nan"))
+    raw = ZarrSource(store)
+    batch = raw.read_rows(0, 100)
+    assert raw.decode_batch(batch) is batch and (batch["t"] == -999.0).any()
+    src = ZarrSource(store, decode="cf")
+    index = np.arange(100)
+    out = src.decode_batch({**src.read_rows(0, 100), "index": index})
+    assert out["index"] is index and np.isnan(out["t"]).sum() == (batch["t"] == -999.0).sum()

@@ -148,3 +148,25 @@ def test_read_layout_of_a_plain_zarr_group(tmp_path: Path) -> None:
     g.create_array("y", shape=(7,), dtype="i8")
     lay = read_layout(zarr.open_group(str(tmp_path / "p.zarr"), mode="r"))
     assert lay.sample_dim is None and lay.sampled_names == ("x", "y") and lay.length == 7
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_source_follows_the_layout(tmp_path: Path, fmt: int) -> None:
+    """ZarrSource samples what read_layout samples, at the same axes; the others are static."""
+    from zarrloader import ZarrSource
+
+    path = tmp_path / f"s{fmt}.zarr"
+    _xarray_store(path, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lay = read_layout(zarr.open_consolidated(str(path), zarr_format=fmt))
+    src = ZarrSource(path)
+    assert src.layout.sample_dim == lay.sample_dim == "time"
+    assert {i.name: i.sample_axis for i in src.infos} == {a.name: a.axis for a in lay.sampled}
+    assert set(src.static) == set(lay.static_names)
+    tb = next(i for i in src.infos if i.name == "tb")
+    assert tb.major_shape == (tb.length, *tb.sample_shape) and tb.sample_chunk == tb.chunks[1]
+    rows = src.read_rows(2, 5)
+    assert rows["tb"].shape == (3, *tb.sample_shape) and rows["tb"].flags.c_contiguous
+    with pytest.raises(DatasetLayoutError, match="dimensions present"):
+        ZarrSource(path, sample_dim="nope").open()

@@ -7,6 +7,7 @@ import pytest
 from zl_helpers import BUCKET, Datasets, N, images, labels
 
 from zarrloader import StorageOptions, ZarrSource, make_loader
+from zarrloader.s3server import S3Server
 from zarrloader.storage import fsspec_options, parse_url
 
 DATASETS = ["v3.zarr", "v2.zarr", "v3_consolidated.zarr", "v2_consolidated.zarr", "sharded.zarr", "zstd.zarr",
@@ -88,3 +89,42 @@ def test_storage_options_map_to_fsspec() -> None:
     # raw dicts are merged over the defaults, one level deep
     merged = fsspec_options(parse_url("s3://b/k"), StorageOptions.coerce({"config_kwargs": {"read_timeout": 5}}))
     assert merged["config_kwargs"]["read_timeout"] == 5 and merged["config_kwargs"]["connect_timeout"] == 5.0
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_sample_dimension_on_axis_1_sharded_and_compressed_over_s3(scratch_s3: S3Server, fmt: int) -> None:
+    """Dimension names written by zarr-python itself (v3 dimension_names, v2 _ARRAY_DIMENSIONS):
+    ``x(feature, time)`` is sampled on axis 1 (sharded in v3, big-endian in v2), ``y(time)`` on axis
+    0, ``c(feature)`` is static; read over S3 through the default backend."""
+    from pathlib import Path
+
+    import zarr
+
+    path = Path(scratch_s3.root) / BUCKET / f"ax1_v{fmt}.zarr"
+    g = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+    rng = np.random.default_rng(fmt)
+    x = rng.standard_normal((6, 200)).astype(">f8" if fmt == 2 else "f8")
+    y = np.arange(200, dtype="i4")
+    c = np.linspace(0, 1, 6)
+    if fmt == 3:
+        ax = g.create_array("x", shape=x.shape, chunks=(6, 16), shards=(6, 64), dtype=x.dtype,
+                            dimension_names=("feature", "time"))
+        ay = g.create_array("y", shape=y.shape, chunks=(50,), dtype=y.dtype, dimension_names=("time",))
+        ac = g.create_array("c", shape=c.shape, chunks=(6,), dtype=c.dtype, dimension_names=("feature",))
+    else:
+        ax = g.create_array("x", shape=x.shape, chunks=(3, 16), dtype=x.dtype, attributes={"_ARRAY_DIMENSIONS": ["feature", "time"]})
+        ay = g.create_array("y", shape=y.shape, chunks=(50,), dtype=y.dtype, attributes={"_ARRAY_DIMENSIONS": ["time"]})
+        ac = g.create_array("c", shape=c.shape, chunks=(6,), dtype=c.dtype, attributes={"_ARRAY_DIMENSIONS": ["feature"]})
+    ax[:], ay[:], ac[:] = x, y, c
+    zarr.consolidate_metadata(str(path))
+    # the default would be "feature" (it leads x, the larger array): ask for time
+    assert ZarrSource(str(path)).layout.sample_dim == "feature"
+    src = ZarrSource(f"s3://{BUCKET}/{path.name}", storage_options=scratch_s3.storage_options(), sample_dim="time")
+    assert src.layout.sample_dim == "time" and {i.name: i.sample_axis for i in src.infos} == {"x": 1, "y": 0}
+    assert src.direct_arrays == ("y",)  # x is not sampled on axis 0: zarr's read path
+    got = full_epoch(src, batch_size=24)
+    np.testing.assert_array_equal(got["index"], np.arange(200))
+    np.testing.assert_array_equal(got["x"], x.T)
+    np.testing.assert_array_equal(got["y"], y)
+    np.testing.assert_array_equal(src.static["c"].values, c)
+    assert src.static["c"].dims == ("feature",)

@@ -96,7 +96,8 @@ class ObjectInfo:
 
 
 FIX_UNAVAILABLE = ("Fix: check the endpoint URL and the network, and that the server is running and not overloaded; "
-                   "for a slow or distant store raise StorageOptions(read_timeout=..., retries=...)")
+                   "for a slow or distant store raise StorageOptions(read_timeout=..., retries=...) "
+                   "(on the command line: --read-timeout, --retries)")
 FIX_DENIED = ("Fix: check the credentials the standard chain finds (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
               "AWS_PROFILE, instance/IRSA role; for GCS GOOGLE_APPLICATION_CREDENTIALS), use anon=True for "
               "public data, requester_pays=True for requester-pays buckets, or endpoint_url for an "
@@ -335,9 +336,33 @@ _exit_hook: list[bool] = []
 _exit_lock = threading.Lock()
 
 
+def _cancel_orphan_tasks(timeout: float = 2.0) -> None:
+    """Cancel the tasks still pending on zarr's loop (e.g. the sibling reads of a gather that failed
+    or hit its deadline), and let them unwind in their own task context. Left pending when zarr stops
+    its loop, they are closed by garbage collection outside it, and aiobotocore then prints "Exception
+    ignored ... created in a different Context" tracebacks at exit."""
+    from zarr.core.sync import loop as zarr_loops
+
+    loop = zarr_loops[0]
+    if loop is None or loop.is_closed() or not loop.is_running() or on_loop_thread(loop):
+        return
+
+    async def cancel_all() -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout + 1)
+
+
 def _close_live_backends() -> None:
     # Runs before zarr's own exit hook stops its loop, so every client still open closes cleanly
     # (left to garbage collection after the loop stops, aiohttp prints "Unclosed client session").
+    _cancel_orphan_tasks()
     for backend in list(_LIVE):
         with contextlib.suppress(Exception):
             backend.close()
