@@ -66,7 +66,11 @@ variants: setup  ## list the variants in images/matrix.toml
 
 test: setup  ## lock check, host tests (tests/) and the smoke suite on this host
 	$(IMAGECTL) lock --check
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	@# one pytest process per group: the storage tests start many native client threads (obstore's Rust
+	@# runtime, aiobotocore loops, rclone servers); a fresh process per group keeps them from piling up.
+	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/zarrloader --ignore=tests/faults
+	$(PY) -m pytest tests/faults -q -p no:cacheprovider
+	$(PY) -m pytest tests/zarrloader -q -p no:cacheprovider
 	$(VENV)/bin/smoke --expect $(or $(EXPECT),cpu) --report build/smoke-host.json
 
 smoke: setup  ## run the smoke suite inside IMAGE [EXPECT=cpu|gpu] [REPORT=file]

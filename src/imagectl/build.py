@@ -75,6 +75,11 @@ def native_platform() -> str:
             "arm64": "linux/arm64"}.get(platform.machine().lower(), f"linux/{platform.machine().lower()}")
 
 
+def _can_emulate(platform: str) -> bool:
+    arch = {"linux/arm64": "aarch64", "linux/amd64": "x86_64"}.get(platform, platform.split("/")[-1])
+    return any(Path("/proc/sys/fs/binfmt_misc").glob(f"qemu-{arch}*"))
+
+
 def require_locks(matrix: Matrix, targets: list[str], ctx: BuildContext) -> None:
     """A locked build needs a current lock for every layer it builds; say which and how to fix it."""
     from imagectl.locks import variant_locked
@@ -107,6 +112,10 @@ def build(matrix: Matrix, req: BuildRequest) -> BuildResult:
         if platform not in v.platforms:
             raise DockerError(f"variant {name} is built for {', '.join(v.platforms)}, not {platform} (this machine's "
                               f"platform unless --platform says otherwise); build it on such a machine")
+    if platform != native_platform() and not req.dry_run and not _can_emulate(platform):
+        raise DockerError(f"cannot build {platform} on this {native_platform()} machine: the engine has no emulator "
+                          f"for it (binfmt_misc/qemu). Build it on a {platform} machine (the workflow uses an "
+                          f"arm64 runner), or see the plan with --dry-run / `imagectl bake-plan`")
     plan = write_plan(matrix, ctx, GENERATED)
     # the engine's own driver builds and loads one platform at a time: this one
     cmd = bake_command(plan, targets, "--progress", req.progress, "--set", f"*.platform={platform}",

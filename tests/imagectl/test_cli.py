@@ -76,3 +76,16 @@ def test_an_os_image_that_cannot_be_pulled_points_to_make_base_os(need_docker: N
         ensure_os_image("localhost:1/pytorch-cuda-test/no-such-os:0")
     msg = str(exc.value)
     assert "cannot pull the OS image" in msg and "make base-os" in msg and "OS_IMAGE=pytorch-cuda-os:trixie" in msg
+
+
+def test_a_foreign_platform_without_an_emulator_is_refused_before_buildx(capsys) -> None:
+    """cu126 arm64 on an amd64 machine: a clear refusal naming the fix, not buildx's registry error."""
+    from imagectl import build as build_mod
+
+    if build_mod.native_platform() != "linux/amd64" or build_mod._can_emulate("linux/arm64"):
+        pytest.skip("needs an amd64 machine without an arm64 emulator")
+    from imagectl.cli import main
+
+    assert main(["build", "--variant", "cu126", "--platform", "linux/arm64", "--unlocked"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot build linux/arm64 on this linux/amd64 machine" in err and "arm64 runner" in err
