@@ -635,8 +635,8 @@ def _peer_setup(report: BenchReport, readers: Sequence[str], loc: Location, opts
         except Exception as exc:  # a peer that cannot open this store is left out, with the reason
             why = f"tensorstore could not open {loc.url}: {str(exc)[:200]}"
     for r in readers:
-        if r.startswith("tensorstore"):
-            report.unavailable[r] = why
+        if r.startswith("tensorstore"):  # one entry per reader, every dataset it was left out of
+            report.unavailable[r] = f"{report.unavailable[r]}; {why}" if r in report.unavailable else why
     say(f"  tensorstore: left out ({why})")
     return False
 

@@ -7,9 +7,11 @@ receives every byte from the network. Measured on 2 cores against a loopback S3 
 chunks, 256 MiB, median of 6): 1.69 ms of client CPU per MiB this way against 2.22 ms through
 ``getitem``, and raw GETs alone cost 1.57. The decoded chunk is often a read-only view of the
 received bytes; the batcher copies it into each batch (off the event loop), so no tensor ever
-aliases read-only memory. Where the backend gives a receiver (s3fs, obstore, local files; see
-``receive``), plain-bytes chunks are instead received straight into one writable buffer per call,
-the chunks of a call back to back in row order: storage-order batches are then views, no copy.
+aliases read-only memory. Where the backend gives a receiver (see ``receive``), plain-bytes chunks
+are instead received straight into one writable buffer per call, the chunks of a call back to back
+in row order (s3fs, local files, and obstore by one copy of each body), or adopted from the client
+as writable memory (obstore, where each range lies in one chunk): storage-order batches inside a
+fetch, or inside an adopted chunk, are then views.
 
 Only simple layouts qualify (see ``DirectChunkReader.for_array``); everything else — sharded
 arrays, chunks split along other axes, v2 arrays in Fortran order, object/string dtypes — keeps
@@ -23,11 +25,11 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from .receive import Receiver
+from .receive import AdoptingReceiver, Receiver
 
 
 @dataclass(frozen=True)
@@ -80,26 +82,52 @@ class DirectChunkReader:
     def chunk_len(self) -> int:
         return self.chunk_shape[0]
 
-    async def read_many(self, ranges: Sequence[tuple[int, int]], *, views: bool = True) -> list[np.ndarray]:
+    async def read_many(self, ranges: Sequence[tuple[int, int]], *, contiguous: bool = True) -> list[np.ndarray]:
         """Rows ``[a, b)`` for every range: all their chunks fetched at once and decoded in one call.
-        Received chunks (``receiver`` set): every range is a writable view of one block. Otherwise a
-        range inside one chunk is a slice of the decoded chunk (no copy; may be read-only), a range
-        over several chunks their concatenation. ``views=False`` (shuffled reads: every batch is a
-        gather anyway) skips a receiver that would cost an extra copy (``Receiver.extra_copy``)."""
+        Received chunks (``receiver`` set): every range is a writable view of one block, the chunks back
+        to back. Where the receiver ``adopts``, the caller does not need the block (``contiguous``
+        False: shuffled batches, or storage-order batches that fit the chunks) and every range lies
+        inside one chunk, chunks are adopted instead: each range a writable view of the client's own
+        buffer, no copy at all. Decoded chunks: a range inside one chunk is a slice of its chunk (may
+        be read-only), a range over several chunks their concatenation."""
         c = self.chunk_len
         spans = [(a // c, (b - 1) // c) for a, b in ranges]
         index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})
         zeros = (0,) * (len(self.chunk_shape) - 1)
         aa = self.async_array
         paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *zeros)) for i in index]
-        if self.receiver is not None and (views or not self.receiver.extra_copy):
+        # adopted chunks are separate allocations: a range over several would need a copy later, after
+        # every body is in, where receiving copies each one while it is still in cache
+        one_chunk = all(lo == hi for lo, hi in spans)
+        if self.receiver is not None and (contiguous or not self.receiver.adopts or not one_chunk):
             return await self._receive_many(ranges, index, paths)
-        bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
-        chunks = dict(zip(index, await self._decode(bufs), strict=True))
+        if self.receiver is not None:
+            chunks = dict(zip(index, await self._adopt_many(paths), strict=True))
+        else:
+            bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
+            chunks = dict(zip(index, await self._decode(bufs), strict=True))
         out = []
         for (a, b), (lo, hi) in zip(ranges, spans, strict=True):
             parts = [chunks[i][max(a, i * c) - i * c : min(b, (i + 1) * c, self.nrows) - i * c] for i in range(lo, hi + 1)]
             out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return out
+
+    async def _adopt_many(self, paths: list[Any]) -> list[np.ndarray]:
+        """The chunks at ``paths`` in the client's own memory, taken over as writable arrays (see
+        ``receive``): no copy, except of a buffer not aligned for the dtype (a small body may start
+        anywhere in the connection's read buffer; numpy and torch want aligned memory)."""
+        receiver = cast(AdoptingReceiver, self.receiver)  # read_many checked ``adopts``
+        nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
+        got = await _all_or_none([receiver.adopt(p.path, nbytes) for p in paths])
+        out = []
+        for raw in got:
+            if raw is None:
+                self._missing()
+                out.append(np.full(self.chunk_shape, self.fill_value, dtype=self.dtype))
+                continue
+            if raw.ctypes.data % self.dtype.alignment:
+                raw = raw.copy()
+            out.append(raw.view(self.dtype).reshape(self.chunk_shape))
         return out
 
     async def _receive_many(self, ranges: Sequence[tuple[int, int]], index: list[int], paths: list[Any]) -> list[np.ndarray]:
@@ -110,22 +138,20 @@ class DirectChunkReader:
         c = self.chunk_len
         block = np.empty((len(index), *self.chunk_shape), dtype=self.dtype)
         raw = block.reshape(len(index), -1).view(np.uint8)
-        tasks = [asyncio.ensure_future(self.receiver(p.path, memoryview(raw[j]))) for j, p in enumerate(paths)]
-        try:
-            found = await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:  # the fetch is redone through zarr: stop the other downloads now
-                t.cancel()
-            raise
+        found = await _all_or_none([self.receiver(p.path, memoryview(raw[j])) for j, p in enumerate(paths)])
         for j, present in enumerate(found):
             if not present:
-                if not self.read_missing:
-                    raise KeyError("missing chunk with array.read_missing_chunks=False")  # zarr's path names it
+                self._missing()
                 block[j] = self.fill_value
         rows = block.reshape(-1, *self.chunk_shape[1:])
         slot = {i: j for j, i in enumerate(index)}
         # a range's chunks are consecutive indices, hence consecutive slots: one slice of the block
         return [rows[slot[a // c] * c + a % c : slot[a // c] * c + a % c + (b - a)] for a, b in ranges]
+
+    def _missing(self) -> None:
+        """A chunk object does not exist: the fill value, unless zarr is told to refuse."""
+        if not self.read_missing:
+            raise KeyError("missing chunk with array.read_missing_chunks=False")  # zarr's path names it
 
     async def _decode(self, bufs: Sequence[Any]) -> list[np.ndarray]:
         if any(b is None for b in bufs) and not self.read_missing:
@@ -155,6 +181,18 @@ class DirectChunkReader:
             # another byte order on disk: one conversion to native, as torch needs anyway
             out.append(chunk if chunk.dtype == self.dtype else chunk.astype(self.dtype))
         return out
+
+
+async def _all_or_none(coros: list[Any]) -> list[Any]:
+    """Every result, or the first failure with the other downloads cancelled (the fetch is then redone
+    through zarr, so they would only waste the link)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
 
 
 def _plain_bytes_dtype(md: Any, dtype: np.dtype[Any]) -> np.dtype[Any] | None:

@@ -150,7 +150,7 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
         """Upper bound of the bytes the pipeline allocates: K buffered reads; up to 2*concurrency
         fetches (of ``group`` coalesced reads each) queued or running, the running ones with their
         encoded bytes held twice while they arrive and decode; the batches being assembled,
-        transformed, pinned and prefetched."""
+        transformed, pinned and prefetched (in storage order: views keeping their fetch alive)."""
         c = self.config
         src = self.source
         if c.patch is None:
@@ -160,9 +160,10 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
             sample = self._patch_sample_nbytes()
             read_bytes = src.block_length * sample
         group, buffered = read_grouping(c, read_bytes)
-        # a batch is a copy (shuffled) or a view that keeps its whole fetch alive (storage order)
+        # a batch is a copy (shuffled: from recycled memory, leased plus idle within the same count,
+        # see batchpool) or a view that keeps its whole fetch alive (storage order)
         per_batch = max(c.batch_size * sample, group * read_bytes) if not c.shuffle else c.batch_size * sample
-        batches = (c.prefetch + 3 + (1 if c.pin_memory else 0)) * per_batch
+        batches = _batches_in_pipeline(c) * per_batch
         # up to 2*concurrency fetches queued or running; the `concurrency` running ones may hold their
         # bytes twice more while they arrive (HTTP body parts, then the joined object) and decode
         return (buffered + 4 * c.concurrency * group) * read_bytes + batches
@@ -178,6 +179,12 @@ class ZarrLoader(Loader):  # type: ignore[type-arg]
                     shape[a - 1] = s
             total += math.prod(shape) * info.itemsize
         return total
+
+
+def _batches_in_pipeline(c: LoaderConfig) -> int:
+    """Batches alive at once between the batcher and the training step: prefetched, being transformed
+    and pinned, the one the step holds, and the one being assembled."""
+    return c.prefetch + 3 + (1 if c.pin_memory else 0)
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -268,7 +275,9 @@ def make_loader(
     # and position down through reset(). Metadata opens at the first iteration, in its process.
     batcher = ShuffleBatcher(PlanFetch(source, config), batch_size=batch_size, drop_last=drop_last,
                              return_index=return_index, initial_epoch=initial_epoch,
-                             decode=source.decode_batch if source.decode else None)
+                             decode=source.decode_batch if source.decode else None,
+                             # storage order copies only batches that straddle fetches: no pool there
+                             pool_batches=_batches_in_pipeline(config) if shuffle else 0)
     node: BaseNode[Any] = batcher
     if sample_transform is not None:
         node = Mapper(node, _PassFailures(_SampleTransform(sample_transform)))

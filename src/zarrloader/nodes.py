@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from torchdata.nodes import BaseNode
 
+from .batchpool import BatchPool
 from .errors import DatasetLayoutError, ZarrLoaderError
 from .plan import EpochPlan, PlanConfig, ReadTask, make_plan, patch_starts, read_grouping, request_budget
 from .source import ZarrSource
@@ -170,7 +171,9 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
     ``request_budget``: more would only queue for a connection). Patch mode (one zarr call per sample
     window) runs ``Fetcher`` in ``concurrency`` threads, each of its zarr calls bounded by the
     deadline. A fast-path fetch that fails for any reason but the storage itself is redone through
-    zarr, so the error names the chunk."""
+    zarr, so the error names the chunk. Until the first fetch of an epoch is in, at most
+    ``START_BYTES`` of fetches (and at least that one) are in flight, so that it does not share the
+    link with all the others (time to first batch at 16 MiB chunks, see docs/zarrloader.md)."""
 
     def __init__(self, source: ZarrSource, config: ReadConfig) -> None:
         super().__init__()
@@ -182,6 +185,9 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
         self._groups: deque[tuple[int, ReadGroup]] = deque()
         self._pending: deque[tuple[int, ReadGroup, Future[Any] | None]] = deque()
         self._limit = 1
+        self._start_limit = 1
+        self._started = False
+        self._contiguous = True
         self._fetcher: Fetcher | None = None
         self._threads: ThreadPoolExecutor | None = None
 
@@ -202,6 +208,17 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
             self._groups.extend((b, tasks[i : i + g]) for i in range(0, len(tasks), g))
         c = max(1, self.config.concurrency)
         self._limit = c if self.config.patch is not None else max(1, min(c, request_budget(c) // g))
+        # Until the first fetch is in, no more than START_BYTES in flight (at least the first fetch):
+        # it shares the link with every other one, so with large chunks (16 x 16 MiB) it would mostly
+        # arrive only with all of them; after it, the full pipe. Figures: docs/zarrloader.md.
+        fetch_bytes = g * self.source.block_length * self.source.sample_nbytes
+        self._start_limit = self._limit if self.config.patch is not None else \
+            max(1, min(self._limit, START_BYTES // max(1, fetch_bytes)))
+        self._started = False
+        # Storage-order batches that do not tile the reads (longer than one, or not dividing it) cross
+        # read boundaries: they are views only where the reads of a fetch lie back to back in one
+        # block. Otherwise (and shuffled) a client's buffers may be adopted (see chunkread).
+        self._contiguous = not self.config.shuffle and self.source.block_length % self.config.batch_size != 0
 
     def get_state(self) -> dict[str, Any]:
         offsets = self._plan.buffer_offsets if self._plan is not None else (0,)
@@ -219,16 +236,21 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
             if not self._pending or self._pending[0][0] != b:
                 return self._fail(RuntimeError(f"internal: buffer {b} lacks reads {expected[len(blocks):]}"))
             _, group, fut = self._pending.popleft()
-            self._fill()  # keep the pipe full while we wait
+            if self._started:
+                self._fill()  # keep the pipe full while we wait
             item = self._result(group, fut)
             if isinstance(item, Failure):
                 return self._fail(item.exc)
+            if not self._started:
+                self._started = True
+                self._fill()
             blocks.extend(item.data)
         self._buffer += 1
         return LoadedBuffer(plan, b, blocks)
 
     def _fill(self) -> None:
-        while self._groups and len(self._pending) < self._limit:
+        limit = self._limit if self._started else self._start_limit
+        while self._groups and len(self._pending) < limit:
             b, group = self._groups.popleft()
             self._pending.append((b, group, self._submit(group)))
 
@@ -239,7 +261,7 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
                 self._threads = ThreadPoolExecutor(max(1, self.config.concurrency), thread_name_prefix="zarrloader-patch")
             return self._threads.submit(self._fetcher, group)
         try:
-            return self.source.submit_ranges([(t.start, t.stop) for t in group], views=not self.config.shuffle)
+            return self.source.submit_ranges([(t.start, t.stop) for t in group], contiguous=self._contiguous)
         except Exception:  # e.g. opening failed: the synchronous redo reports it
             return None
 
@@ -271,6 +293,10 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
                 fut.cancel()
 
 
+#: bytes of fetches in flight before the first one is in (see ``PlanFetch.reset``)
+START_BYTES = 64 << 20
+
+
 def _raise_zarr_concurrency(concurrency: int) -> None:
     import zarr
 
@@ -282,12 +308,17 @@ def _raise_zarr_concurrency(concurrency: int) -> None:
 class ShuffleBatcher(BaseNode[Any]):
     """Takes buffers of K fetched reads, permutes their samples, emits batches (dicts of numpy arrays,
     plus ``index``: the global row of every sample). Batches may straddle two buffers. Its state is
-    ``{epoch, position}``; ``reset`` hands both to its source."""
+    ``{epoch, position}``; ``reset`` hands both to its source. Full gathered batches are written into
+    recycled memory (``batchpool``, up to ``pool_batches`` batches of it; 0: fresh memory)."""
 
     def __init__(self, source: PlanFetch, batch_size: int, drop_last: bool, return_index: bool,
-                 initial_epoch: int = 0, decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> None:
+                 initial_epoch: int = 0, decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+                 pool_batches: int = 0) -> None:
         super().__init__()
         self.source = source
+        # gathered batches come from recycled memory (see batchpool): up to this many batches of it
+        self.pool_batches = pool_batches
+        self._pool: BatchPool | None = None
         self.decode = decode  # CF decoding (ZarrSource.decode_batch): one vectorised call per batch
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -424,9 +455,12 @@ class ShuffleBatcher(BaseNode[Any]):
         if view is not None:
             return view
         first_blocks = ctx[0][0]
-        out: dict[str, np.ndarray] = {
-            k: np.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in first_blocks[0].items()
-        }
+        if self._pool is None and self.pool_batches > 0:
+            per_batch = sum(self.batch_size * v[:1].nbytes for v in first_blocks[0].values())
+            self._pool = BatchPool(self.pool_batches * per_batch)
+        # only full batches: the pool keys blocks by size, a short last batch would only sit idle
+        empty = self._pool.empty if self._pool is not None and n == self.batch_size else np.empty
+        out: dict[str, np.ndarray] = {k: empty((n, *v.shape[1:]), v.dtype) for k, v in first_blocks[0].items()}
         index = np.empty(n, dtype=np.int64)
         pos = 0
         for (count, take), (blocks, block_of, row_of, glob) in zip(pieces, ctx, strict=True):

@@ -1,24 +1,37 @@
-"""Read a whole object straight into memory the caller owns.
+"""Whole chunk objects in writable memory the loader may hand out, with no copy the client does not need.
 
-Why: a zarr store returns each chunk as an immutable ``bytes`` object, so a decoded plain-bytes chunk
-is a read-only view and every batch built from it has to be copied before it may become a tensor.
-Receiving the HTTP body (or file) into a writable numpy buffer costs the same one copy out of the
-network buffers that ``bytes`` assembly costs, and storage-order batches can then be views of it:
-one copy of every byte fewer. Measured on 2 cores against a loopback S3 server (4 MiB chunks,
-256 MiB, median of 7, before and after in one session): storage-order client CPU per MiB went from
-1.36 x to 1.02 x that of raw GETs.
+Why: a zarr store returns each chunk as an immutable ``bytes``-like object, so a decoded plain-bytes
+chunk is a read-only view and every batch built from it has to be copied before it may become a
+tensor. Two ways round that, one per kind of client:
 
-Each backend that knows its read path exactly gives its own receiver (``Backend.receiver()``): s3fs
-(the body read with the public ``readinto`` of aiobotocore's stream), obstore (its Rust buffer copied
-once into ours: ``extra_copy``, see ``backends.obstore``) and local files (``readinto`` on the
-file). Stores without one keep going through ``store.get``.
+* receive into our buffer (``Receiver.adopts`` False: ``await receive(key, out)``): s3fs (the body
+  read with the public ``readinto`` of aiobotocore's stream) and local files (``readinto`` on the
+  file). Receiving costs the same one copy out of the network buffers that ``bytes`` assembly costs,
+  and storage-order batches are then views of one buffer per fetch. Measured on 2 cores against a
+  loopback S3 server (4 MiB chunks, 256 MiB, median of 7, before and after in one session):
+  storage-order client CPU per MiB went from 1.36 x to 1.02 x that of raw GETs.
+* adopt the client's buffer (``adopts`` True: ``await receive.adopt(key, nbytes)``): obstore, which
+  has no ``readinto``, hands back a buffer that nothing else holds; the loader takes it over as
+  writable memory (``adopt_buffer``), so batches inside a chunk are views of what the HTTP client
+  received, no copy at all (see ``backends.obstore`` for why this is safe). Where the batches of a
+  storage-order epoch span chunks, obstore's receiver is called like the others instead (one copy
+  into one block per fetch, right after each body arrived): measured at 1 MiB chunks and 4 MiB
+  batches, that costs less than adopting and copying every batch together later (see
+  ``chunkread.DirectChunkReader.read_many``).
+
+Each backend that knows its read path exactly gives its own receiver (``Backend.receiver()``).
+Stores without one keep going through ``store.get``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import tracemalloc
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 
 class Receiver(Protocol):
@@ -26,25 +39,35 @@ class Receiver(Protocol):
     (relative to the store's root) and returns True, or returns False when the object does not exist.
     Raises ``ObjectSizeError`` when the object is not exactly ``len(out)`` bytes, and whatever the
     transport raises otherwise (the caller classifies it, and redoes other failures through zarr,
-    whose error names the chunk).
+    whose error names the chunk). ``adopts``: the receiver is also an ``AdoptingReceiver``."""
 
-    ``extra_copy``: True when receiving costs a copy that reading through the store would not (the
-    client hands over its own buffer): worth it only where batches become views of the received
-    memory (storage order); a shuffled batch is one gather from the store's buffers either way."""
-
-    extra_copy: bool
+    adopts: bool
 
     async def __call__(self, key: str, out: memoryview) -> bool: ...
+
+
+class AdoptingReceiver(Receiver, Protocol):
+    """``await receive.adopt(key, nbytes)`` returns the object as a writable 1-D uint8 array of the
+    client's own memory (kept alive by the array), or None when it does not exist; errors as above."""
+
+    async def adopt(self, key: str, nbytes: int) -> np.ndarray | None: ...
 
 
 class ObjectSizeError(ValueError):
     """The object does not hold the number of bytes its chunk must have."""
 
 
-class LocalReceiver:
-    """Files under ``root``: ``readinto`` on the file, in a worker thread as zarr's LocalStore reads."""
+class FillReceiver:
+    """Base of the receivers that can only fill the caller's buffer (``adopts`` False)."""
 
-    extra_copy = False
+    adopts = False
+
+    async def __call__(self, key: str, out: memoryview) -> bool:
+        raise NotImplementedError
+
+
+class LocalReceiver(FillReceiver):
+    """Files under ``root``: ``readinto`` on the file, in a worker thread as zarr's LocalStore reads."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -63,6 +86,52 @@ class LocalReceiver:
 
     async def __call__(self, key: str, out: memoryview) -> bool:
         return await asyncio.to_thread(self._read, self.root / key, out)
+
+
+class _Adopted:
+    """Exposes memory of ``owner`` (a read-only buffer nothing else uses) to numpy as writable, and keeps
+    ``owner`` alive for as long as any array made from it lives (numpy keeps this object as the
+    arrays' base). While tracemalloc traces, the memory is reported to it in numpy's domain, as numpy
+    reports its own buffers: the client allocated it outside Python's view, and the memory-bound
+    checks (``zarrloader bench``, the tests) must see what the loader holds."""
+
+    __slots__ = ("__array_interface__", "owner", "traced")
+
+    def __init__(self, owner: Any, address: int, nbytes: int) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1", "data": (address, False)}
+        self.traced = tracemalloc.is_tracing() and _trace(address, nbytes)
+
+    def __del__(self) -> None:
+        # not contextlib.suppress: at interpreter shutdown module globals may already be gone
+        if self.traced:
+            try:  # noqa: SIM105
+                _untrace(self.__array_interface__["data"][0])
+            except Exception:  # pragma: no cover
+                pass
+
+
+def _trace(address: int, nbytes: int) -> bool:
+    return ctypes.pythonapi.PyTraceMalloc_Track(ctypes.c_uint(_NUMPY_DOMAIN), ctypes.c_size_t(address),
+                                                ctypes.c_size_t(nbytes)) == 0
+
+
+def _untrace(address: int) -> None:
+    ctypes.pythonapi.PyTraceMalloc_Untrack(ctypes.c_uint(_NUMPY_DOMAIN), ctypes.c_size_t(address))
+
+
+#: numpy's tracemalloc domain (``np.lib.tracemalloc_domain``), where it reports its own buffers
+_NUMPY_DOMAIN = int(getattr(np.lib, "tracemalloc_domain", 389047))
+
+
+def adopt_buffer(data: Any) -> np.ndarray:
+    """``data`` (a bytes-like object the caller holds the only reference to, and whose producer never
+    touches its memory again) as a writable uint8 array over the same memory, no copy. The caller
+    vouches for exclusivity: see ``backends.obstore`` for the one client this is used with."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    if view.size == 0:
+        return np.empty(0, dtype=np.uint8)
+    return np.asarray(_Adopted(data, view.ctypes.data, view.size))
 
 
 async def read_body(resp: dict[str, Any], out: memoryview, where: str) -> None:

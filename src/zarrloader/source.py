@@ -614,14 +614,16 @@ class ZarrSource:
         return _split_ranges(ranges, merged, data)
 
     def submit_ranges(self, ranges: Sequence[tuple[int, int]], *,
-                      views: bool = True) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
+                      contiguous: bool = True) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
         """Start reading ``ranges`` on zarr's event loop and return its future at once (no thread waits
         on it until the result is needed), or None when this zarr has no loop to submit to.
 
         Arrays with a simple layout are read as whole decoded chunks (``chunkread``; results may be
-        read-only views of the received bytes, or writable views of one buffer per call where the
-        chunks are received into memory we own, see ``receive``); the others through zarr's ``getitem``, adjacent ranges
-        merged. ``views``: the caller can use writable views of received memory (storage order).
+        read-only views of the received bytes, or writable views of memory we own where the chunks
+        are received into it or adopted from the client, see ``receive``); the others through zarr's
+        ``getitem``, adjacent ranges merged. ``contiguous``: the caller wants the received ranges of
+        this call back to back in one block (storage-order batches spanning reads are then views);
+        False lets a client's buffers be adopted instead (see ``chunkread``).
         Wait on the future with ``wait_fetch``: bounded by the deadline, storage errors translated;
         other failures come back as None: redo with ``read_ranges``, which goes through zarr and
         names the chunk."""
@@ -638,7 +640,7 @@ class ZarrSource:
             for name, arr in handles.items():
                 reader = direct.get(name)
                 if reader is not None:
-                    jobs.append((name, reader, [reader.read_many(ranges, views=views)]))
+                    jobs.append((name, reader, [reader.read_many(ranges, contiguous=contiguous)]))
                 else:
                     jobs.append((name, None, [_async_array(arr).getitem(self._sel(name, a, b)) for a, b in merged]))
             flat = await asyncio.gather(*(c for _, _, coros in jobs for c in coros))

@@ -135,26 +135,89 @@ def test_receivers_come_from_the_backends_that_know_their_read_path(scratch_s3: 
         return open_backend(parse_url(url), StorageOptions(extra=scratch_s3.storage_options(), backend=backend)).receiver()
 
     s3fs_receiver, obstore_receiver = receiver("s3://data/x.zarr", "fsspec"), receiver("s3://data/x.zarr")
-    assert s3fs_receiver is not None and not s3fs_receiver.extra_copy
-    # obstore hands over its own buffer: receiving costs a copy, worth it only for storage order
-    assert obstore_receiver is not None and obstore_receiver.extra_copy
+    assert s3fs_receiver is not None and not s3fs_receiver.adopts
+    # obstore hands over its own buffer: adopted (no copy), or copied into a block when asked to fill
+    assert obstore_receiver is not None and obstore_receiver.adopts
     local = open_backend(parse_url(str(tmp_path)), StorageOptions()).receiver()
-    assert local is not None and not local.extra_copy
+    assert local is not None and not local.adopts
     assert open_backend(parse_url("http://127.0.0.1:9/x.zarr"), StorageOptions()).receiver() is None
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_obstore_receives_storage_order_only(scratch_s3: S3Server, shuffle: bool) -> None:
-    """Storage order: received into one buffer per fetch (batches are views); shuffled: gathered
-    straight from obstore's buffers (receiving first would copy every byte twice)."""
+def _owner(a: np.ndarray) -> object:
+    """What finally holds the memory of ``a`` (numpy's chain of bases, to the first non-array)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a.base
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_obstore_fills_a_block_or_adopts_its_buffers(scratch_s3: S3Server, contiguous: bool) -> None:
+    """Asked for one block (storage-order batches spanning reads): chunks copied back to back into it;
+    otherwise obstore's own buffers are adopted, no copy. Writable and exact either way."""
     data = rng.random((64, 16, 16), dtype=np.float32)
-    url = _write(scratch_s3, f"obs-{shuffle}.zarr", data, (8, 16, 16), compressors=None)
+    url = _write(scratch_s3, f"obs-{contiguous}.zarr", data, (8, 16, 16), compressors=None)
     src = ZarrSource(url, storage_options=scratch_s3.storage_options())
     assert src.backend_name == "obstore" and src.received_arrays == ("",)
-    fut = src.submit_ranges([(0, 8), (8, 16)], views=not shuffle)
-    got = src.wait_fetch(fut, [(0, 8), (8, 16)])
-    assert [bool(g[""].flags.writeable) for g in got] == [not shuffle] * 2
-    np.testing.assert_array_equal(np.concatenate([g[""] for g in got]), data[:16])
+    fut = src.submit_ranges([(0, 8), (8, 16)], contiguous=contiguous)
+    got = [g[""] for g in src.wait_fetch(fut, [(0, 8), (8, 16)])]
+    assert all(g.flags.writeable for g in got)
+    adjacent = got[1].ctypes.data == got[0].ctypes.data + got[0].nbytes
+    assert adjacent == contiguous
+    assert [type(_owner(g)).__name__ == "_Adopted" for g in got] == [not contiguous] * 2
+    np.testing.assert_array_equal(np.concatenate(got), data[:16])
+    src.close()
+
+
+def test_adopted_buffers_are_the_loaders_alone(scratch_s3: S3Server) -> None:
+    """Writing into an adopted chunk changes nothing else: not another read of the same object (in
+    flight at the same time or later), not the stored object."""
+    import asyncio
+
+    data = rng.random((16, 64, 64), dtype=np.float32)  # 128 KiB chunks: bodies of one frame and of several
+    url = _write(scratch_s3, "adopt.zarr", data, (8, 64, 64), compressors=None)
+    src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+    receiver = src.backend.receiver()
+    assert receiver is not None and receiver.adopts
+    nbytes = 8 * 64 * 64 * 4
+
+    async def both() -> list[np.ndarray]:
+        return list(await asyncio.gather(receiver.adopt("c/0/0/0", nbytes), receiver.adopt("c/0/0/0", nbytes),
+                                         receiver.adopt("c/1/0/0", nbytes)))
+
+    a, b, c = src.backend.run(both(), "test")
+    assert a.flags.writeable and a.flags.owndata is False
+    a[:] = 0
+    expected = data[:8].view(np.uint8).reshape(-1)
+    np.testing.assert_array_equal(b, expected)
+    np.testing.assert_array_equal(c, data[8:].view(np.uint8).reshape(-1))
+    again = src.backend.run(receiver.adopt("c/0/0/0", nbytes), "test")
+    np.testing.assert_array_equal(again, expected)
+    assert src.backend.run(receiver.adopt("c/9/0/0", nbytes), "test") is None
+    with pytest.raises(Exception, match="holds"):
+        src.backend.run(receiver.adopt("c/0/0/0", nbytes + 4), "test")
+    src.close()
+
+
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
+def test_storage_order_batches_inside_a_chunk_are_views(scratch_s3: S3Server, backend: str) -> None:
+    """Batches no longer than a chunk: views of the received chunk (obstore: of its own buffer, no copy
+    at all), writable, only their own rows; the next epoch reads the stored data, not our writes."""
+    data = rng.random((64, 32, 32), dtype=np.float32)  # chunks of 16 rows = 64 KiB
+    url = _write(scratch_s3, f"inchunk-{backend}.zarr", data, (16, 32, 32), compressors=None)
+    from zarrloader import StorageOptions
+
+    src = ZarrSource(url, storage_options=StorageOptions(extra=scratch_s3.storage_options(), backend=backend))
+    ld = make_loader(src, batch_size=8, shuffle=False, concurrency=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batches = [b[""] for b in ld]
+    assert len(batches) == 8
+    assert all(batches[i + 1].data_ptr() == batches[i].data_ptr() + batches[i].nbytes for i in (0, 2, 4, 6))
+    batches[0].mul_(0)
+    assert (batches[0] == 0).all()
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches[1:]]), data[8:])
+    again = np.concatenate([b[""].numpy() for b in make_loader(src, batch_size=8, shuffle=False, concurrency=2)])
+    np.testing.assert_array_equal(again, data)
     src.close()
 
 
@@ -275,3 +338,58 @@ def test_s3_receiver_retries_a_cut_body_and_refuses_an_overlong_one() -> None:
             await receive("c/0", memoryview(out))
 
     asyncio.run(run())
+
+
+def test_small_adopted_bodies_stay_the_loaders_alone(scratch_s3: S3Server) -> None:
+    """1 KiB bodies arrive in one frame, inside the connection's read buffer: the case whose
+    exclusivity needs the argument in backends.obstore. Many are held at once while more responses
+    arrive on the same connections; writing into them changes no other read, later ones included."""
+    data = rng.random((96, 256), dtype=np.float32)  # chunks of one row = 1 KiB
+    url = _write(scratch_s3, "small.zarr", data, (1, 256), compressors=None)
+    src = ZarrSource(url, storage_options=scratch_s3.storage_options())
+    receiver = src.backend.receiver()
+
+    async def adopt(rows: range) -> list[np.ndarray]:
+        import asyncio
+
+        return list(await asyncio.gather(*(receiver.adopt(f"c/{r}/0", 1024) for r in rows)))
+
+    held = src.backend.run(adopt(range(48)), "test")
+    for a in held:
+        a[:] = 0xFF  # our memory: scribble over all of it
+    later = src.backend.run(adopt(range(96)), "test")
+    for r, a in enumerate(later):
+        np.testing.assert_array_equal(a.view(np.float32), data[r])
+    assert all((a == 0xFF).all() for a in held)
+    src.close()
+
+
+def test_an_adopted_buffer_not_aligned_for_the_dtype_is_copied(tmp_path) -> None:
+    """numpy and torch want aligned memory: a client buffer starting at an odd address is copied."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    from zarrloader.chunkread import DirectChunkReader
+
+    data = rng.random((16, 4), dtype=np.float64)
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(8, 4), dtype=data.dtype, compressors=None)
+    z[:] = data
+
+    class Unaligned:
+        adopts = True
+
+        async def __call__(self, key: str, out: memoryview) -> bool:
+            raise AssertionError("must adopt")
+
+        async def adopt(self, key: str, nbytes: int) -> np.ndarray:
+            await asyncio.sleep(0)
+            raw = np.zeros(nbytes + 1, dtype=np.uint8)[1:]  # one byte off the allocation's alignment
+            raw[:] = np.frombuffer((tmp_path / "a.zarr" / key).read_bytes(), dtype=np.uint8)
+            return raw
+
+    reader = DirectChunkReader.for_array(zarr.open_array(str(tmp_path / "a.zarr"), mode="r"), Unaligned())
+    assert reader is not None
+    got = sync(reader.read_many([(0, 8), (8, 16)], contiguous=False))
+    assert all(g.ctypes.data % 8 == 0 and g.flags.writeable for g in got)
+    np.testing.assert_array_equal(np.concatenate(got), data)

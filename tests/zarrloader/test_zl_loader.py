@@ -168,15 +168,20 @@ def mem_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
+@pytest.mark.parametrize("backend", ["obstore", "fsspec"])
 @pytest.mark.parametrize(("chunk_rows", "shuffle", "min_read"),
                          [(4, True, 4 << 20), (16, True, 4 << 20), (16, False, 1 << 20), (4, False, 1 << 20)])
-def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool, min_read: int) -> None:
-    """The peak of what an epoch allocates (numpy buffers and Python objects, via tracemalloc) stays
-    under memory_bound_bytes(), which is itself well under the 16 MiB of data. (Storage order with
-    256 KiB chunks: 4 chunks received per fetch into one buffer, batches are views of it.)"""
+def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool, min_read: int,
+                                             backend: str) -> None:
+    """The peak of what an epoch allocates (numpy buffers, Python objects, and the obstore buffers the
+    loader adopts, all via tracemalloc) stays under memory_bound_bytes(), which is itself well under
+    the 16 MiB of data. (Storage order with 256 KiB chunks: 4 chunks received per fetch into one
+    buffer, batches are views of it; with 1 MiB chunks and obstore, views of adopted chunks.)"""
+    from zarrloader import StorageOptions
     from zarrloader.bench import traced_peak
 
-    ld = make_loader(ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=mem_server.storage_options()),
+    opts = StorageOptions(extra=mem_server.storage_options(), backend=backend)
+    ld = make_loader(ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=opts),
                      batch_size=16, shuffle=shuffle, concurrency=2, shuffle_buffer_chunks=1, pin_memory=False,
                      min_read_bytes=min_read)
     bound = ld.memory_bound_bytes()
@@ -293,3 +298,42 @@ def test_read_grouping_storage_order_reads_one_fetch_per_buffer() -> None:
     patch = PatchSpec((4, 4))
     assert read_grouping(LoaderConfig(batch_size=8, patch=patch), 64 * kib) == (1, 8)
     assert read_grouping(LoaderConfig(batch_size=8, shuffle=False, patch=patch), 64 * kib) == (1, 1)
+
+
+def test_recycled_batch_memory_never_changes_a_batch_still_held(datasets: Datasets) -> None:
+    """Shuffled batches reuse the memory of batches the consumer dropped (batchpool), and only theirs:
+    every batch still held (as a tensor, or a view of one) keeps its samples while later batches are
+    written into recycled memory."""
+    ld = loader(datasets, "raw.zarr", batch_size=7, shuffle=True, seed=2, min_read_bytes=1)
+    held = []
+    for i, b in enumerate(ld):
+        check_content(b)
+        if i % 3 == 0:
+            held.append({"images": b["images"][1:], "labels": b["labels"][1:], "index": b["index"][1:]})
+    for b in held:
+        check_content(b)
+    pool = ld._batcher._pool
+    assert pool is not None and pool.reused > 0, "dropped batches' memory should have been reused"
+    assert pool.idle_bytes <= pool.capacity_bytes
+
+
+def test_first_fetch_does_not_share_the_link_with_the_whole_pipe(datasets: Datasets, monkeypatch) -> None:
+    """Until the first fetch of an epoch is in, at most START_BYTES of fetches are in flight (here: that
+    one alone); then the whole pipe (so the first batch of large chunks is not delayed by the others)."""
+    from zarrloader import nodes
+
+    monkeypatch.setattr(nodes, "START_BYTES", 1)
+    ld = make_loader(ZarrSource(datasets.url("stack.zarr"), storage_options=datasets.options), batch_size=4,
+                     shuffle=False, concurrency=4, min_read_bytes=1, return_index=True)  # 24 reads of 1 row
+    fetch = ld._batcher.source
+    in_flight: list[int] = []  # other fetches running while one is waited for
+    result = fetch._result
+
+    def spy(group, fut):
+        in_flight.append(len(fetch._pending))
+        return result(group, fut)
+
+    monkeypatch.setattr(fetch, "_result", spy)
+    assert sorted(i for b in ld for i in b["index"].tolist()) == list(range(24))
+    assert in_flight[0] == 0, "the first fetch shared the link with others"
+    assert max(in_flight) == fetch._limit > 1, "after the first fetch the pipe should be full"

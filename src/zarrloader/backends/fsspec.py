@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..errors import AccessDeniedError, InvalidURLError
-from ..receive import Receiver, body_errors, read_body
+from ..receive import FillReceiver, Receiver, body_errors, read_body
 from ..storage import Location, StorageOptions
 from .base import Backend, ErrorKind, ObjectInfo, close_on_loop
 
@@ -301,10 +301,8 @@ def _close_fs(fs: Any, protocol: str, http_sessions: list[Any], wait: bool) -> N
     close_on_loop(closers, wait)
 
 
-class _S3Receiver:
+class _S3Receiver(FillReceiver):
     """Plain chunks of an s3fs-backed store, received into the caller's memory (see ``receive``)."""
-
-    extra_copy = False
 
     def __init__(self, backend: FsspecBackend) -> None:
         self.backend = backend

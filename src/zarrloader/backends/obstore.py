@@ -406,25 +406,47 @@ def range_safe_store_class() -> type:
 
 
 class _ObstoreReceiver:
-    """Whole chunk objects into the caller's memory: obstore hands over its own (read-only) buffer, so
-    this costs one copy, the one a storage-order batch would otherwise make (``extra_copy``)."""
+    """Whole chunk objects from obstore, which has no ``readinto``. Two ways (see ``receive``):
 
-    extra_copy = True
+    ``adopt``: the buffer ``bytes_async`` returns is taken over as writable memory, no copy
+    (``receive.adopt_buffer``). It is ours alone: object_store collects a body of several frames
+    into a fresh allocation, and a body of one frame is a slice of the connection's read buffer that
+    the connection never touches again (it reads on into memory after that slice, or into a new
+    allocation while the slice is still referenced). Nothing else holds it, so writing to it races
+    with nothing; the array keeps it alive.
+
+    call: the buffer copied into the caller's, right after it arrived (still in cache), where the
+    caller wants the chunks of a fetch back to back in one block (storage-order batches that span
+    chunks are then views of the block)."""
+
+    adopts = True
 
     def __init__(self, backend: ObstoreBackend) -> None:
         self.backend = backend
 
-    async def __call__(self, key: str, out: memoryview) -> bool:
-        import numpy as np
+    async def _get(self, key: str, nbytes: int) -> Any:
         import obstore
 
-        store = self.backend.s3_store()
         try:
-            data = await (await obstore.get_async(store, key)).bytes_async()
+            data = await (await obstore.get_async(self.backend.s3_store(), key)).bytes_async()
         except FileNotFoundError:
+            return None
+        if len(data) != nbytes:
+            raise ObjectSizeError(f"{self.backend.location.child(key).url} holds {len(data)} bytes, expected {nbytes}")
+        return data
+
+    async def adopt(self, key: str, nbytes: int) -> Any:
+        from ..receive import adopt_buffer
+
+        data = await self._get(key, nbytes)
+        return None if data is None else adopt_buffer(data)
+
+    async def __call__(self, key: str, out: memoryview) -> bool:
+        import numpy as np
+
+        data = await self._get(key, len(out))
+        if data is None:
             return False
-        if len(data) != len(out):
-            raise ObjectSizeError(f"{self.backend.location.child(key).url} holds {len(data)} bytes, expected {len(out)}")
         # numpy's copy releases the GIL for large blocks (memoryview assignment would not)
         np.copyto(np.frombuffer(out, dtype=np.uint8), np.frombuffer(data, dtype=np.uint8))
         return True
