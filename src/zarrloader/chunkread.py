@@ -154,8 +154,8 @@ class DirectChunkReader:
             raise KeyError("missing chunk with array.read_missing_chunks=False")  # zarr's path names it
 
     async def _decode(self, bufs: Sequence[Any]) -> list[np.ndarray]:
-        if any(b is None for b in bufs) and not self.read_missing:
-            raise KeyError("missing chunk with array.read_missing_chunks=False")  # zarr's path names it
+        if any(b is None for b in bufs):
+            self._missing()
         want = math.prod(self.chunk_shape)
         if self.stored_dtype is not None:
             decoded: list[np.ndarray | None] = []
