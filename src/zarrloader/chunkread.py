@@ -46,6 +46,7 @@ class DirectChunkReader:
     read_missing: bool
     stored_dtype: np.dtype[Any] | None  # set when chunks are stored as plain bytes: decode is a view
     receiver: Receiver | None = None  # set when plain native-order chunks can be received into our memory
+    prefix: str = ""  # the array's path in the store ("" at its root), to which chunk keys are relative
 
     @classmethod
     def for_array(cls, arr: Any, receiver: Receiver | None = None) -> DirectChunkReader | None:
@@ -74,7 +75,7 @@ class DirectChunkReader:
             stored = _plain_bytes_dtype(md, np.dtype(arr.dtype))
             receiver = receiver if stored == dtype else None
             return cls(aa, chunks, shape[0], dtype, fill, spec, proto,
-                       bool(getattr(aa.config, "read_missing_chunks", True)), stored, receiver)
+                       bool(getattr(aa.config, "read_missing_chunks", True)), stored, receiver, aa.store_path.path)
         except Exception:  # any API drift in zarr: use its public read path instead
             return None
 
@@ -93,17 +94,17 @@ class DirectChunkReader:
         c = self.chunk_len
         spans = [(a // c, (b - 1) // c) for a, b in ranges]
         index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})
-        zeros = (0,) * (len(self.chunk_shape) - 1)
-        aa = self.async_array
-        paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *zeros)) for i in index]
         # adopted chunks are separate allocations: a range over several would need a copy later, after
         # every body is in, where receiving copies each one while it is still in cache
         one_chunk = all(lo == hi for lo, hi in spans)
-        if self.receiver is not None and (contiguous or not self.receiver.adopts or not one_chunk):
-            return await self._receive_many(ranges, index, paths)
         if self.receiver is not None:
-            chunks = dict(zip(index, await self._adopt_many(paths), strict=True))
+            keys = [self._key(i) for i in index]
+            if contiguous or not self.receiver.adopts or not one_chunk:
+                return await self._receive_many(ranges, index, keys)
+            chunks = dict(zip(index, await self._adopt_many(keys), strict=True))
         else:
+            aa = self.async_array
+            paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *(0,) * (len(self.chunk_shape) - 1))) for i in index]
             bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
             chunks = dict(zip(index, await self._decode(bufs), strict=True))
         out = []
@@ -112,13 +113,20 @@ class DirectChunkReader:
             out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
         return out
 
-    async def _adopt_many(self, paths: list[Any]) -> list[np.ndarray]:
-        """The chunks at ``paths`` in the client's own memory, taken over as writable arrays (see
+    def _key(self, i: int) -> str:
+        """The key of chunk ``i`` (along axis 0) relative to the store's root, as ``StorePath`` would
+        give it: without building one (its path normalisation costs as much of the event loop as the
+        rest of a one-chunk fetch)."""
+        key = self.async_array.metadata.encode_chunk_key((i, *(0,) * (len(self.chunk_shape) - 1)))
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def _adopt_many(self, keys: list[str]) -> list[np.ndarray]:
+        """The chunks at ``keys`` in the client's own memory, taken over as writable arrays (see
         ``receive``): no copy, except of a buffer not aligned for the dtype (a small body may start
         anywhere in the connection's read buffer; numpy and torch want aligned memory)."""
         receiver = cast(AdoptingReceiver, self.receiver)  # read_many checked ``adopts``
         nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
-        got = await _all_or_none([receiver.adopt(p.path, nbytes) for p in paths])
+        got = await _all_or_none([receiver.adopt(k, nbytes) for k in keys])
         out = []
         for raw in got:
             if raw is None:
@@ -130,7 +138,7 @@ class DirectChunkReader:
             out.append(raw.view(self.dtype).reshape(self.chunk_shape))
         return out
 
-    async def _receive_many(self, ranges: Sequence[tuple[int, int]], index: list[int], paths: list[Any]) -> list[np.ndarray]:
+    async def _receive_many(self, ranges: Sequence[tuple[int, int]], index: list[int], keys: list[str]) -> list[np.ndarray]:
         """``read_many`` for plain native-order chunks: every chunk received into its slot of one
         writable block, sorted by chunk index, so the rows of adjacent chunks lie back to back and
         every range (even one over several chunks) is a view of the block."""
@@ -138,7 +146,7 @@ class DirectChunkReader:
         c = self.chunk_len
         block = np.empty((len(index), *self.chunk_shape), dtype=self.dtype)
         raw = block.reshape(len(index), -1).view(np.uint8)
-        found = await _all_or_none([self.receiver(p.path, memoryview(raw[j])) for j, p in enumerate(paths)])
+        found = await _all_or_none([self.receiver(k, memoryview(raw[j])) for j, k in enumerate(keys)])
         for j, present in enumerate(found):
             if not present:
                 self._missing()
@@ -185,7 +193,10 @@ class DirectChunkReader:
 
 async def _all_or_none(coros: list[Any]) -> list[Any]:
     """Every result, or the first failure with the other downloads cancelled (the fetch is then redone
-    through zarr, so they would only waste the link)."""
+    through zarr, so they would only waste the link). A single download is awaited in the caller's
+    task: a task and a gather per fetch are most of the event loop's own work at one chunk per fetch."""
+    if len(coros) == 1:
+        return [await coros[0]]
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return list(await asyncio.gather(*tasks))

@@ -643,7 +643,10 @@ class ZarrSource:
                     jobs.append((name, reader, [reader.read_many(ranges, contiguous=contiguous)]))
                 else:
                     jobs.append((name, None, [_async_array(arr).getitem(self._sel(name, a, b)) for a, b in merged]))
-            flat = await asyncio.gather(*(c for _, _, coros in jobs for c in coros))
+            every = [c for _, _, coros in jobs for c in coros]
+            # one read (one array on the fast path): awaited here, not wrapped in a task by gather;
+            # a fetch then costs the loop one task (see chunkread)
+            flat = [await every[0]] if len(every) == 1 else await asyncio.gather(*every)
             out: list[dict[str, np.ndarray]] = [{} for _ in ranges]
             i = 0
             for name, reader, coros in jobs:

@@ -393,3 +393,37 @@ def test_an_adopted_buffer_not_aligned_for_the_dtype_is_copied(tmp_path) -> None
     got = sync(reader.read_many([(0, 8), (8, 16)], contiguous=False))
     assert all(g.ctypes.data % 8 == 0 and g.flags.writeable for g in got)
     np.testing.assert_array_equal(np.concatenate(got), data)
+
+
+def test_a_one_chunk_fetch_costs_the_event_loop_one_task(scratch_s3: S3Server) -> None:
+    """A fetch of one chunk per array is the coroutine submitted, nothing more: no gather, no task
+    per chunk (they were most of the loop's own work per fetch, see chunkread). Arrays inside a
+    group (chunk keys under the array's path) read exactly."""
+    import asyncio
+
+    from zarrloader.backends.base import zarr_loop
+
+    data = rng.random((32, 8, 8), dtype=np.float32)
+    group = zarr.open_group(_store(scratch_s3, "onetask.zarr", read_only=False), mode="w")
+    for name in ("a", "b"):
+        group.create_array(name, shape=data.shape, chunks=(8, 8, 8), dtype=data.dtype, compressors=None)[:] = data
+    src = ZarrSource(f"s3://{BUCKET}/onetask.zarr", arrays=["a"], storage_options=scratch_s3.storage_options())
+    assert src.received_arrays == ("a",)
+    src.wait_fetch(src.submit_ranges([(0, 8)], contiguous=False), [(0, 8)])  # opened, warm
+    loop = zarr_loop()
+    made: list[object] = []
+    previous = loop.get_task_factory()
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    loop.call_soon_threadsafe(loop.set_task_factory, factory)
+    try:
+        for contiguous in (False, True):
+            got = src.wait_fetch(src.submit_ranges([(8, 16)], contiguous=contiguous), [(8, 16)])
+            np.testing.assert_array_equal(got[0]["a"], data[8:16])
+    finally:
+        loop.call_soon_threadsafe(loop.set_task_factory, previous)
+    assert len(made) == 2, [getattr(c, "__qualname__", c) for c in made]
+    src.close()

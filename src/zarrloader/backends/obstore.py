@@ -423,12 +423,15 @@ class _ObstoreReceiver:
 
     def __init__(self, backend: ObstoreBackend) -> None:
         self.backend = backend
+        self._store: Any = None  # the backend's S3Store, taken once: its lock is per-chunk cost otherwise
 
     async def _get(self, key: str, nbytes: int) -> Any:
         import obstore
 
+        if self._store is None:
+            self._store = self.backend.s3_store()
         try:
-            data = await (await obstore.get_async(self.backend.s3_store(), key)).bytes_async()
+            data = await (await obstore.get_async(self._store, key)).bytes_async()
         except FileNotFoundError:
             return None
         if len(data) != nbytes:
