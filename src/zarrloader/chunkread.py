@@ -103,8 +103,7 @@ class DirectChunkReader:
                 return await self._receive_many(ranges, index, keys)
             chunks = dict(zip(index, await self._adopt_many(keys), strict=True))
         else:
-            aa = self.async_array
-            paths = [aa.store_path / aa.metadata.encode_chunk_key((i, *(0,) * (len(self.chunk_shape) - 1))) for i in index]
+            paths = [self.async_array.store_path / self._chunk_key(i) for i in index]
             bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
             chunks = dict(zip(index, await self._decode(bufs), strict=True))
         out = []
@@ -113,11 +112,15 @@ class DirectChunkReader:
             out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
         return out
 
+    def _chunk_key(self, i: int) -> str:
+        """The key of chunk ``i`` (along axis 0) relative to the array."""
+        return str(self.async_array.metadata.encode_chunk_key((i, *(0,) * (len(self.chunk_shape) - 1))))
+
     def _key(self, i: int) -> str:
-        """The key of chunk ``i`` (along axis 0) relative to the store's root, as ``StorePath`` would
-        give it: without building one (its path normalisation costs as much of the event loop as the
-        rest of a one-chunk fetch)."""
-        key = self.async_array.metadata.encode_chunk_key((i, *(0,) * (len(self.chunk_shape) - 1)))
+        """The key of chunk ``i`` relative to the store's root, as ``StorePath`` would give it: without
+        building one (its path normalisation costs as much of the event loop as the rest of a
+        one-chunk fetch)."""
+        key = self._chunk_key(i)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     async def _adopt_many(self, keys: list[str]) -> list[np.ndarray]:
