@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import bench_peers, bench_raw
+from .epochpeak import epoch_peak
 from .errors import ZarrLoaderError
 from .source import ZarrSource
 from .storage import Location, StorageOptions, close_store, filesystem, parse_url, zarr_store
@@ -192,24 +193,6 @@ class CPUClock:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-def traced_peak(fn: Callable[[], Any]) -> int:
-    """Peak bytes allocated (Python objects and numpy buffers, both reported to tracemalloc) while
-    ``fn`` runs, above what was allocated before. Slows allocation, so never used on a timed run."""
-    import tracemalloc
-
-    started = tracemalloc.is_tracing()
-    if not started:
-        tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    tracemalloc.reset_peak()
-    try:
-        fn()
-        return max(0, tracemalloc.get_traced_memory()[1] - base)
-    finally:
-        if not started:
-            tracemalloc.stop()
-
-
 class PeakRSS:
     """Samples this process's RSS every few ms; ``peak`` is the maximum RSS seen (absolute)."""
 
@@ -280,14 +263,19 @@ class LoaderRun:
 
 
 
+def _loader_kwargs(batch: int, concurrency: int, shuffle: bool, k: int) -> dict[str, Any]:
+    """The ``make_loader`` settings of every loader epoch the bench runs, timed or measured for memory."""
+    return {"batch_size": batch, "shuffle": shuffle, "concurrency": concurrency, "shuffle_buffer_chunks": k,
+            "pin_memory": False, "seed": 0}
+
+
 def _loader_run(src: ZarrSource, batch: int, concurrency: int, shuffle: bool, k: int,
                 close: bool = True) -> LoaderRun:
     """One epoch of a fresh loader over ``src``. ``close=False`` keeps the source (its HTTP client and
     connection pool) open for the next run, as a training job keeps it from epoch to epoch."""
     from .loader import make_loader
 
-    ld = make_loader(src, batch_size=batch, shuffle=shuffle, concurrency=concurrency, shuffle_buffer_chunks=k,
-                     pin_memory=False, seed=0)
+    ld = make_loader(src, **_loader_kwargs(batch, concurrency, shuffle, k))
     t_open = time.perf_counter()
     ld.num_samples()  # opens metadata (not timed as throughput; reported as open_s)
     open_s = time.perf_counter() - t_open
@@ -567,9 +555,11 @@ def _measure(report: BenchReport, loc: Location, opts: StorageOptions, chunk: in
     # the median run; for an even count the slower of the two middle ones (the same rule for every reader)
     best = {reader: sorted(rs, key=lambda r: r[0])[len(rs) // 2] for reader, rs in runs.items()}
     for reader, shuffle in (("loader_sequential", False), ("loader_shuffled", True)):
-        if reader in best:  # memory: one more epoch, untimed, under tracemalloc
-            best[reader][4]["peak_traced_mib"] = traced_peak(
-                lambda s=shuffle: _loader_run(src.with_options(opts), batch, conc, s, cfg.shuffle_buffer_chunks)) / MiB
+        if reader in best:  # memory: one more epoch, untimed, under tracemalloc in a child (see epochpeak)
+            limit = 120.0 + 20.0 * best[reader][0]  # tracing slows allocation; start-up included
+            best[reader][4]["peak_traced_mib"] = epoch_peak(
+                src.with_options(opts), _loader_kwargs(batch, conc, shuffle, cfg.shuffle_buffer_chunks),
+                timeout=limit).peak_bytes / MiB
     for reader in (*[r for r in runners if r.startswith("raw_")], *READERS, *PEERS):
         if reader == "naive" and "naive" in readers:
             order = np.random.default_rng(0).permutation(len(src))

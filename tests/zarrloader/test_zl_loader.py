@@ -174,22 +174,53 @@ def mem_server(tmp_path_factory: pytest.TempPathFactory):
 def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffle: bool, min_read: int,
                                              backend: str) -> None:
     """The peak of what an epoch allocates (numpy buffers, Python objects, and the obstore buffers the
-    loader adopts, all via tracemalloc) stays under memory_bound_bytes(), which is itself well under
-    the 16 MiB of data. (Storage order with 256 KiB chunks: 4 chunks received per fetch into one
-    buffer, batches are views of it; with 1 MiB chunks and obstore, views of adopted chunks.)"""
+    loader adopts, all via tracemalloc, in a child process: see epochpeak) stays under
+    memory_bound_bytes(), which is itself well under the 16 MiB of data. (Storage order with 256 KiB
+    chunks: 4 chunks received per fetch into one buffer, batches are views of it; with 1 MiB chunks
+    and obstore, views of adopted chunks.)"""
     from zarrloader import StorageOptions
-    from zarrloader.bench import traced_peak
+    from zarrloader.epochpeak import epoch_peak
 
     opts = StorageOptions(extra=mem_server.storage_options(), backend=backend)
-    ld = make_loader(ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=opts),
-                     batch_size=16, shuffle=shuffle, concurrency=2, shuffle_buffer_chunks=1, pin_memory=False,
-                     min_read_bytes=min_read)
-    bound = ld.memory_bound_bytes()
+    src = ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=opts)
+    kw = {"batch_size": 16, "shuffle": shuffle, "concurrency": 2, "shuffle_buffer_chunks": 1, "pin_memory": False,
+          "min_read_bytes": min_read}
+    bound = make_loader(src, **kw).memory_bound_bytes()
     assert bound < 16 * 2**20, "bound larger than the data: the test would prove nothing"
-    n: list[int] = []
-    peak = traced_peak(lambda: n.extend(len(b[""]) for b in ld))
-    assert sum(n) == 256
-    assert peak <= bound, f"allocated {peak / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
+    got = epoch_peak(src, kw, timeout=300)
+    assert (got.samples, got.batches) == (256, 16)
+    assert got.peak_bytes <= bound, f"allocated {got.peak_bytes / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
+
+
+def test_epoch_peak_never_traces_this_process(datasets: Datasets, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tracemalloc.stop() while obstore's threads attach crashes Python 3.11 (CPython gh-128679; a
+    segfault seen in CI while an abandoned loader still read): the measurement runs in a child, and
+    this process neither starts nor stops tracing."""
+    import tracemalloc
+
+    from zarrloader.epochpeak import epoch_peak
+
+    def refuse() -> None:
+        raise AssertionError("tracemalloc toggled in the test process")
+
+    monkeypatch.setattr(tracemalloc, "start", refuse)
+    monkeypatch.setattr(tracemalloc, "stop", refuse)
+    src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options)
+    got = epoch_peak(src, {"batch_size": 16, "shuffle": True, "concurrency": 2}, timeout=300)
+    assert got.samples == N and got.batches == -(-N // 16) and got.peak_bytes > 0
+    assert not tracemalloc.is_tracing()
+
+
+def test_epoch_peak_failures_are_named(datasets: Datasets) -> None:
+    from zarrloader.epochpeak import EpochPeakError, epoch_peak
+
+    missing = ZarrSource(datasets.url("no-such.zarr"), storage_options=datasets.options)
+    with pytest.raises(EpochPeakError, match=r"exited with status 1:\n.*no-such\.zarr") as info:
+        epoch_peak(missing, {"batch_size": 4}, timeout=300)
+    assert "Traceback" not in str(info.value)
+    src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options)
+    with pytest.raises(EpochPeakError, match="longer than 0 s"):
+        epoch_peak(src, {"batch_size": 4}, timeout=0.05)
 
 
 def test_coalesced_reads_change_nothing_but_speed(datasets: Datasets) -> None:
