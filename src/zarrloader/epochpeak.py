@@ -9,8 +9,8 @@ a core dump). The child starts tracing once, runs one epoch, reports, and leaves
 ``os._exit`` so tracing is never stopped at all; the caller's process never traces. A fresh process
 also measures what the epoch allocates and nothing a previous test or run left behind.
 
-``epoch_peak(source, loader_kwargs)`` runs ``python -m zarrloader.epochpeak`` with the pickled
-source and keyword arguments of ``make_loader`` on stdin (credentials in the storage options
+``epoch_peak(source, loader_kwargs)`` runs a child Python (this interpreter, the same zarrloader
+package) with the pickled source and keyword arguments of ``make_loader`` on stdin (credentials in the storage options
 travel through the pipe, never the command line or environment), waits at most ``timeout``
 seconds, and returns an ``EpochPeak``. A failure in the child comes back as ``EpochPeakError``
 with the child's last lines.
@@ -50,25 +50,32 @@ class EpochPeak:
 
 def epoch_peak(source: Any, loader_kwargs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT_S) -> EpochPeak:
     """One epoch of ``make_loader(source, **loader_kwargs)`` in a fresh process under tracemalloc."""
-    payload = pickle.dumps({"source": source, "kwargs": dict(loader_kwargs)})
-    env = dict(os.environ)
-    # the child imports the same zarrloader as this process, wherever it was imported from
-    here = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "zarrloader.epochpeak"]
+    import zarrloader
+
+    package = str(Path(zarrloader.__file__).resolve().parent)
+    payload = pickle.dumps({"source": source, "kwargs": dict(loader_kwargs), "package": package})
+    # -P: no working directory on sys.path; the folder holding this zarrloader goes first in the
+    # child alone (not PYTHONPATH, which its own children would inherit), and the child checks it
+    # imported the same package
+    boot = ("import sys; d = sys.argv[1]; sys.path.insert(0, d) if d not in sys.path else None; "
+            "from zarrloader.epochpeak import main; main()")
+    cmd = [sys.executable, "-P", "-c", boot, str(Path(package).parent)]
     try:
-        done = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout, env=env, check=False)
+        done = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise EpochPeakError(
-            f"measuring one epoch's allocation peak took longer than {timeout:.0f} s (child process killed). "
+            f"measuring one epoch's allocation peak took longer than {timeout:g} s (child process killed). "
             "Fix: check that the storage is reachable, or measure a smaller dataset") from None
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.decode(errors="replace").strip().splitlines()[-15:])
+    tail = "\n".join(done.stderr.decode(errors="replace").strip().splitlines()[-15:]) or "(no output)"
+    if done.returncode != 0:
         raise EpochPeakError(f"the child measuring one epoch's allocation peak exited with status "
-                             f"{done.returncode}:\n{tail or '(no output)'}")
-    got = json.loads(lines[-1])
-    return EpochPeak(int(got["peak_bytes"]), int(got["samples"]), int(got["batches"]))
+                             f"{done.returncode}:\n{tail}")
+    try:
+        got = json.loads(done.stdout.decode(errors="replace").strip().splitlines()[-1])
+        return EpochPeak(int(got["peak_bytes"]), int(got["samples"]), int(got["batches"]))
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise EpochPeakError(f"the child measuring one epoch's allocation peak reported no result "
+                             f"(stdout {done.stdout[-200:]!r}):\n{tail}") from None
 
 
 def _epoch(source: Any, kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -100,15 +107,26 @@ def _measure(job: bytes) -> EpochPeak:
 
 
 def main() -> None:
+    # the result goes to the original stdout alone: anything the loader or a library prints (to
+    # Python's or C's stdout) lands on stderr instead, so it cannot corrupt the JSON line
+    result = os.dup(1)
+    os.dup2(2, 1)
     job = sys.stdin.buffer.read()
     try:
+        import zarrloader
+
+        want = pickle.loads(job)["package"]
+        have = str(Path(zarrloader.__file__).resolve().parent)
+        if have != want:
+            raise EpochPeakError(f"the child imported zarrloader from {have}, the caller from {want}")
         got = _measure(job)
     except BaseException as exc:  # the parent reads stderr: the message, not a traceback
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
         os._exit(1)
-    sys.stdout.write(json.dumps({"peak_bytes": got.peak_bytes, "samples": got.samples, "batches": got.batches}) + "\n")
-    sys.stdout.flush()
+    line = json.dumps({"peak_bytes": got.peak_bytes, "samples": got.samples, "batches": got.batches}) + "\n"
+    os.write(result, line.encode())
+    sys.stderr.flush()
     # never tracemalloc.stop(), not even at interpreter exit (see the module docstring)
     os._exit(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,20 +183,23 @@ def test_allocation_peak_within_memory_bound(mem_server, chunk_rows: int, shuffl
     from zarrloader.epochpeak import epoch_peak
 
     opts = StorageOptions(extra=mem_server.storage_options(), backend=backend)
-    src = ZarrSource(f"s3://{BUCKET}/mem{chunk_rows}.zarr", storage_options=opts)
+    url = f"s3://{BUCKET}/mem{chunk_rows}.zarr"
     kw = {"batch_size": 16, "shuffle": shuffle, "concurrency": 2, "shuffle_buffer_chunks": 1, "pin_memory": False,
           "min_read_bytes": min_read}
+    src = ZarrSource(url, storage_options=opts)
     bound = make_loader(src, **kw).memory_bound_bytes()
+    src.close()
     assert bound < 16 * 2**20, "bound larger than the data: the test would prove nothing"
-    got = epoch_peak(src, kw, timeout=300)
+    got = epoch_peak(ZarrSource(url, storage_options=opts), kw, timeout=300)  # unopened: the child opens it
     assert (got.samples, got.batches) == (256, 16)
     assert got.peak_bytes <= bound, f"allocated {got.peak_bytes / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB"
 
 
-def test_epoch_peak_never_traces_this_process(datasets: Datasets, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_epoch_peak_never_traces_this_process(datasets: Datasets, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
     """tracemalloc.stop() while obstore's threads attach crashes Python 3.11 (CPython gh-128679; a
-    segfault seen in CI while an abandoned loader still read): the measurement runs in a child, and
-    this process neither starts nor stops tracing."""
+    segfault seen in CI while an abandoned loader still read): the measurement runs in a child that
+    never stops tracing, and this process neither starts nor stops it."""
     import tracemalloc
 
     from zarrloader.epochpeak import epoch_peak
@@ -205,21 +209,23 @@ def test_epoch_peak_never_traces_this_process(datasets: Datasets, monkeypatch: p
 
     monkeypatch.setattr(tracemalloc, "start", refuse)
     monkeypatch.setattr(tracemalloc, "stop", refuse)
+    # in the child, tracemalloc.stop() aborts the process: the call below fails if the child stops it
+    (tmp_path / "sitecustomize.py").write_text("import os, tracemalloc\ntracemalloc.stop = os.abort\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
     src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options)
     got = epoch_peak(src, {"batch_size": 16, "shuffle": True, "concurrency": 2}, timeout=300)
     assert got.samples == N and got.batches == -(-N // 16) and got.peak_bytes > 0
-    assert not tracemalloc.is_tracing()
 
 
 def test_epoch_peak_failures_are_named(datasets: Datasets) -> None:
     from zarrloader.epochpeak import EpochPeakError, epoch_peak
 
     missing = ZarrSource(datasets.url("no-such.zarr"), storage_options=datasets.options)
-    with pytest.raises(EpochPeakError, match=r"exited with status 1:\n.*no-such\.zarr") as info:
+    with pytest.raises(EpochPeakError, match="exited with status 1") as info:
         epoch_peak(missing, {"batch_size": 4}, timeout=300)
-    assert "Traceback" not in str(info.value)
+    assert "no-such.zarr" in str(info.value)
     src = ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options)
-    with pytest.raises(EpochPeakError, match="longer than 0 s"):
+    with pytest.raises(EpochPeakError, match=r"longer than 0\.05 s"):
         epoch_peak(src, {"batch_size": 4}, timeout=0.05)
 
 
