@@ -459,8 +459,7 @@ def _measure(report: BenchReport, loc: Location, opts: StorageOptions, chunk: in
         say(f"  {reader:24s} {row.mib_per_s:8.1f} MiB/s" + (f"  {row.cpu_s_per_gib:5.2f} CPU-s/GiB" if row.cpu_s_per_gib else ""))
 
     batch = max(1, cfg.batch_bytes // max(sample, 1))
-    bounds = {shuffle: make_loader(src, batch_size=batch, concurrency=conc, shuffle=shuffle, pin_memory=False,
-                                   shuffle_buffer_chunks=cfg.shuffle_buffer_chunks).memory_bound_bytes()
+    bounds = {shuffle: make_loader(src, **_loader_kwargs(batch, conc, shuffle, cfg.shuffle_buffer_chunks)).memory_bound_bytes()
               for shuffle in (False, True)}
     # The limit gets as many requests in flight as the loader can have: `conc` fetches of G coalesced
     # chunk reads each, capped by its connection pool. Same request budget for every raw client, so a

@@ -10,9 +10,9 @@ a core dump). The child starts tracing once, runs one epoch, reports, and leaves
 also measures what the epoch allocates and nothing a previous test or run left behind.
 
 ``epoch_peak(source, loader_kwargs)`` runs a child Python (this interpreter, the same zarrloader
-package) with the pickled source and keyword arguments of ``make_loader`` on stdin (credentials in the storage options
-travel through the pipe, never the command line or environment), waits at most ``timeout``
-seconds, and returns an ``EpochPeak``. A failure in the child comes back as ``EpochPeakError``
+package) with the pickled source and keyword arguments of ``make_loader`` on stdin (credentials in
+the storage options travel through the pipe, never the command line or environment), waits at most
+``timeout`` seconds, and returns an ``EpochPeak``. A failure in the child comes back as ``EpochPeakError``
 with the child's last lines.
 """
 
@@ -39,9 +39,10 @@ class EpochPeakError(ZarrLoaderError):
 
 @dataclass(frozen=True)
 class EpochPeak:
-    """What the child measured: ``peak_bytes`` allocated above what was allocated before a fresh loader
-    was made (after one untraced epoch that loaded the modules the loader imports on first use) (numpy buffers, Python objects, obstore buffers the loader adopts: all reported to
-    tracemalloc), over ``samples`` samples in ``batches`` batches."""
+    """What the child measured: ``peak_bytes`` allocated (numpy buffers, Python objects, obstore buffers
+    the loader adopts: all reported to tracemalloc) above what was allocated before a fresh loader was
+    made, after one untraced epoch that loaded the modules the loader imports on first use; over
+    ``samples`` samples in ``batches`` batches."""
 
     peak_bytes: int
     samples: int
@@ -112,6 +113,10 @@ def main() -> None:
     result = os.dup(1)
     os.dup2(2, 1)
     job = sys.stdin.buffer.read()
+    if not job:
+        sys.stderr.write("zarrloader.epochpeak is not a command: zarrloader.epochpeak.epoch_peak() runs it with "
+                         "a job on stdin. Fix: call epoch_peak(source, loader_kwargs), or use `zarrloader bench`\n")
+        os._exit(2)
     try:
         import zarrloader
 
