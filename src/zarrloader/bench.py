@@ -3,7 +3,7 @@ same chunk objects) and against the readers users would pick instead, in one run
 
 Readers (names are part of the JSON contract):
   raw                the limit: the fastest raw client at this chunk size (``raw_clients`` in the JSON
-                     has every client's row: s3fs, obstore, s5cmd; see ``bench_raw``)
+                     has every client's row: s3fs, obstore, s5cmd, tensorstore; see ``bench_raw``)
   naive              the original article: ``zarr.open(fs.get_mapper(url))`` then ``z[i]`` one sample at
                      a time in shuffled order; capped by samples/time and extrapolated (it is very slow)
   zarr_default       zarr-python's own full read ``z[:]`` with default settings

@@ -23,7 +23,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--readers", nargs="+", help="subset of raw naive zarr_default loader_sequential loader_shuffled "
                    "(and the peers: tensorstore_sequential tensorstore_shuffled torch_chunked torch_per_sample)")
     b.add_argument("--raw-clients", nargs="+", help="raw GET clients of the yardstick (default: every one installed: "
-                   "s3fs obstore s5cmd)")
+                   "s3fs obstore s5cmd tensorstore)")
     b.add_argument("--peers", action="store_true", help="add tensorstore and torch DataLoader readers (per-sample, "
                    "chunk-aligned)")
     b.add_argument("--peer-seconds", type=float, help="time cap of the per-sample peers (default 3, quick 1)")

@@ -63,6 +63,15 @@ def unavailable(name: str) -> str | None:
 # -- tensorstore -----------------------------------------------------------------------------------
 def tensorstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any], dict[str, str]]:
     """(tensorstore spec, environment variables its credential provider reads) for the zarr array at ``loc``."""
+    kv, env = tensorstore_kvstore_spec(loc, opts)
+    spec = {"driver": "zarr3", "kvstore": kv,
+            "context": {"cache_pool": {"total_bytes_limit": TENSORSTORE_CACHE_BYTES}}}
+    return spec, env
+
+
+def tensorstore_kvstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensorstore kvstore spec, environment variables its credential provider reads) for the objects
+    under ``loc``: its ``s3`` driver (or ``file``), endpoint, region and credentials from ``opts``."""
     extra = dict(opts.extra)
     env: dict[str, str] = {}
     if loc.protocol == "file":
@@ -70,7 +79,7 @@ def tensorstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any
     elif loc.protocol == "s3":
         bucket, _, path = loc.path.partition("/")
         ck = dict(extra.get("client_kwargs") or {})
-        kv = {"driver": "s3", "bucket": bucket, "path": path.rstrip("/") + "/"}
+        kv = {"driver": "s3", "bucket": bucket, "path": path.strip("/") + "/" if path.strip("/") else ""}
         endpoint = ck.get("endpoint_url") or extra.get("endpoint_url") or opts.endpoint_url
         if endpoint:
             kv["endpoint"] = str(endpoint)
@@ -85,17 +94,15 @@ def tensorstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any
         elif opts.profile:
             kv["aws_credentials"] = {"type": "profile", "profile": opts.profile}
     else:
-        raise ValueError(f"tensorstore peer: no kvstore for {loc.url}")
-    spec = {"driver": "zarr3", "kvstore": kv,
-            "context": {"cache_pool": {"total_bytes_limit": TENSORSTORE_CACHE_BYTES}}}
-    return spec, env
+        raise ValueError(f"tensorstore: no kvstore for {loc.url}")
+    return kv, env
 
 
 class PeerStalled(RuntimeError):
     """A peer gave no answer within its deadline (the bench reports the row as stalled)."""
 
 
-def _result(fut: Any, timeout: float, what: str) -> Any:
+def ts_result(fut: Any, timeout: float, what: str) -> Any:
     """A tensorstore future's result within ``timeout`` s, else cancel it and raise ``PeerStalled``:
     tensorstore's own requests have no overall deadline, and its shuffled reads were seen to stall."""
     try:
@@ -106,7 +113,8 @@ def _result(fut: Any, timeout: float, what: str) -> Any:
 
 
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in the environment for the duration (tensorstore reads credentials from it at open)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -123,8 +131,8 @@ def open_tensorstore(loc: Location, opts: StorageOptions, deadline_s: float = 30
     import tensorstore as ts
 
     spec, env = tensorstore_spec(loc, opts)
-    with _environ(env):
-        return _result(ts.open(spec, read=True), deadline_s, f"tensorstore open of {loc.url}")
+    with scoped_environ(env):
+        return ts_result(ts.open(spec, read=True), deadline_s, f"tensorstore open of {loc.url}")
 
 
 def run_tensorstore_sequential(arr: Any, batch: int, concurrency: int, deadline_s: float = 30.0) -> PeerRun:
@@ -140,7 +148,7 @@ def run_tensorstore_sequential(arr: Any, batch: int, concurrency: int, deadline_
             a = starts[nxt]
             pending.append(arr[a : min(n, a + batch)].read())
             nxt += 1
-        got = np.asarray(_result(pending.pop(0), deadline_s, f"tensorstore read of {batch} rows"))
+        got = np.asarray(ts_result(pending.pop(0), deadline_s, f"tensorstore read of {batch} rows"))
         if ttfb is None:
             ttfb = time.perf_counter() - t0
         nbytes += got.nbytes
@@ -160,7 +168,7 @@ def run_tensorstore_shuffled(arr: Any, batch: int, max_seconds: float, grace_s: 
         idx = np.sort(order[start : start + batch])
         left = max_seconds - (time.perf_counter() - t0) + grace_s
         try:
-            got = np.asarray(_result(arr.oindex[idx].read(), left, f"tensorstore shuffled batch {start // batch}"))
+            got = np.asarray(ts_result(arr.oindex[idx].read(), left, f"tensorstore shuffled batch {start // batch}"))
         except PeerStalled as exc:
             secs = time.perf_counter() - t0
             return PeerRun(nbytes, nsamples, secs, 1, ttfb, extrapolated=True,

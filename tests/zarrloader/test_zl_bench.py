@@ -176,3 +176,30 @@ def test_a_failed_memory_epoch_keeps_the_timed_rows(monkeypatch: pytest.MonkeyPa
     assert "memory <= bound" not in row.targets
     assert "memory not measured (the child measuring one epoch's allocation peak exited with status -9:)" in row.note
     assert any("memory not measured" in s for s in said)
+
+
+def _tensorstore_missing() -> bool:
+    from zarrloader.bench_raw import unavailable
+
+    return unavailable("tensorstore") is not None
+
+
+@pytest.mark.skipif(_tensorstore_missing(), reason="tensorstore not installed (the pyproject [bench] group)")
+def test_tensorstore_raw_client_reads_every_byte_and_names_its_failures(scratch_s3: S3Server) -> None:
+    """Its C++ client takes credentials from the environment on its first request: the client gets them
+    there from the options (and restores the environment), reads every object whole, and a missing
+    object or a wrong secret is a RawClientError naming tensorstore and the object."""
+    sizes = [1000, 70_000, 5]
+    for i, n in enumerate(sizes):
+        (scratch_s3.root / "data" / f"ts{i}").write_bytes(os.urandom(n))
+    keys = [f"ts{i}" for i in range(len(sizes))]
+    opts = StorageOptions(extra=scratch_s3.storage_options())
+    before = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    client = make_client("tensorstore", parse_url("s3://data"), opts, keys, sizes, 2)
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY") == before
+    assert client.get_all() == sum(sizes) and client.in_flight == 2
+    with pytest.raises(RawClientError, match=r"tensorstore found no object at s3://data/nope"):
+        make_client("tensorstore", parse_url("s3://data"), opts, ["nope"], [1], 2)
+    wrong = StorageOptions(extra={**scratch_s3.storage_options(), "secret": "wrong"})
+    with pytest.raises(RawClientError, match=r"tensorstore failed reading s3://data/ts0"):
+        make_client("tensorstore", parse_url("s3://data"), wrong, keys, sizes, 2)
