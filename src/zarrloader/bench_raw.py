@@ -224,6 +224,9 @@ def _tensorstore(loc: Location, opts: StorageOptions, keys: Sequence[str], in_fl
 
     from .bench_peers import PeerStalled, scoped_environ, tensorstore_kvstore_spec, ts_result
 
+    if loc.protocol != "s3":
+        raise RawClientError(f"the tensorstore raw client reads s3:// URLs, not {loc.url}. Fix: leave it out "
+                             "(--raw-clients)")
     kv_spec, env = tensorstore_kvstore_spec(loc, opts)
     kv_spec["context"] = {"s3_request_concurrency": {"limit": in_flight}}
     try:
