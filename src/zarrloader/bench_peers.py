@@ -114,7 +114,8 @@ def ts_result(fut: Any, timeout: float, what: str) -> Any:
 
 @contextlib.contextmanager
 def scoped_environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` set in the environment for the duration (tensorstore reads credentials from it at open)."""
+    """``values`` set in the environment for the duration: tensorstore's credential provider reads it on
+    the first request of a store (an array open reads metadata; a bare kvstore open reads nothing)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

@@ -245,7 +245,8 @@ def _tensorstore(loc: Location, opts: StorageOptions, keys: Sequence[str], in_fl
         return len(got.value)
 
     def run(some: Sequence[str] = keys) -> int:
-        # a window of in_flight reads, refilled as the oldest completes, as the other clients' semaphores do
+        # a window of in_flight reads, refilled as the oldest completes: the semaphore clients refill on
+        # any completion, so one slow GET holds this one back a little more (a conservative yardstick)
         pending: list[tuple[object, str]] = []
         total = 0
         try:
