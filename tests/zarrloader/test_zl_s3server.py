@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import s3fs
@@ -39,7 +41,30 @@ def test_a_put_rclone_refuses_before_reading_its_body_fails_at_once(scratch_s3: 
     assert _put(scratch_s3, "a/b", b"x" * 2000)["result"] == "stored"  # the server still serves
 
 
-def test_rclone_exiting_at_start_is_named_by_its_last_words(tmp_path) -> None:
+def test_only_loopback_requests_lose_the_expect_header(scratch_s3: S3Server) -> None:
+    """The change is for the embedded server's sake: a botocore client made after it started still
+    sends ``Expect: 100-continue`` to any other host. The request is caught before it is sent."""
+    import botocore.session
+
+    sent: dict[str, str | None] = {}
+
+    class Caught(Exception):
+        pass
+
+    def catch(request: Any, **kwargs: object) -> None:
+        sent[request.url.split("/")[2]] = request.headers.get("Expect")
+        raise Caught
+
+    for endpoint in ("https://objects.example.org", scratch_s3.endpoint_url):
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+        client.meta.events.register("before-send.s3.PutObject", catch)
+        with pytest.raises(Caught):
+            client.put_object(Bucket=BUCKET, Key="k", Body=b"x" * 2000)
+    assert sent == {"objects.example.org": b"100-continue", f"127.0.0.1:{scratch_s3.port}": None}, sent
+
+
+def test_rclone_exiting_at_start_is_named_by_its_last_words(tmp_path: Path) -> None:
     """rclone's stderr goes to a file (a pipe nobody reads would stop the server once full); when it
     exits at start the error quotes its fatal line, not the usage text printed before it."""
     with pytest.raises(S3ServerError, match=r"(?s)rclone serve s3 exited with \d+: .*unknown flag: --no-such-flag") as err:
