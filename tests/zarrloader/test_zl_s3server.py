@@ -1,7 +1,10 @@
-"""The embedded ``rclone serve s3``: what its clients in this process need to never hang on it."""
+"""The embedded ``rclone serve s3``: what its clients need to never hang on it (``zarrloader.loopback_puts``)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,30 @@ def test_a_put_rclone_refuses_before_reading_its_body_fails_at_once(scratch_s3: 
     out = _put(scratch_s3, "a/../b", b"x" * 2000)
     assert isinstance(out["result"], OSError) and "unsupported characters" in str(out["result"]), out
     assert _put(scratch_s3, "a/b", b"x" * 2000)["result"] == "stored"  # the server still serves
+
+
+def test_the_fsspec_backend_puts_to_a_loopback_server_at_once_in_a_process_of_its_own(scratch_s3: S3Server) -> None:
+    """``zarrloader sync`` writing with the fsspec backend, in a process that never started the
+    embedded server, gets the same: the backend's refused PUT is a prompt named error, well inside
+    its deadline, not a wait for that deadline."""
+    code = textwrap.dedent(f"""
+        import time
+        from zarrloader import StorageOptions
+        from zarrloader.backends.fsspec import FsspecBackend
+        from zarrloader.storage import parse_url
+        backend = FsspecBackend(parse_url("s3://{BUCKET}/x.zarr"), StorageOptions(extra={scratch_s3.storage_options()!r}))
+        t = time.monotonic()
+        try:
+            backend.put("a/../b", b"x" * 2000)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        print(f"after {{time.monotonic() - t:.1f}} s of a {{backend.deadline.seconds:g}} s deadline")
+        backend.close()
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    took = float(r.stdout.rsplit("after ", 1)[1].split()[0])
+    assert "unsupported characters" in r.stdout and took < 10, r.stdout
 
 
 def test_only_loopback_requests_lose_the_expect_header(scratch_s3: S3Server) -> None:

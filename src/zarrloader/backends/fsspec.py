@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..errors import AccessDeniedError, InvalidURLError
+from ..loopback_puts import send_loopback_put_bodies_at_once
 from ..receive import FillReceiver, Receiver, body_errors, read_body
 from ..storage import Location, StorageOptions
 from .base import Backend, ErrorKind, ObjectInfo, close_on_loop
@@ -55,6 +56,7 @@ def fsspec_options(loc: Location, opts: StorageOptions, *, asynchronous: bool = 
     if asynchronous:
         out["asynchronous"] = True
     if loc.protocol == "s3":
+        send_loopback_put_bodies_at_once()  # before any session is made: see loopback_puts
         if opts.anon:
             out["anon"] = True
         if asynchronous and "session" not in opts.extra:  # (a session object makes fs.to_json() fail)
