@@ -73,22 +73,32 @@ def test_only_loopback_requests_lose_the_expect_header(scratch_s3: S3Server) -> 
     sends ``Expect: 100-continue`` to any other host. The request is caught before it is sent."""
     import botocore.session
 
-    sent: dict[str, str | None] = {}
+    sent: dict[str, bytes | None] = {}
 
     class Caught(Exception):
         pass
 
-    def catch(request: Any, **kwargs: object) -> None:
-        sent[request.url.split("/")[2]] = request.headers.get("Expect")
-        raise Caught
-
     for endpoint in ("https://objects.example.org", scratch_s3.endpoint_url):
+        def catch(request: Any, endpoint: str = endpoint, **kwargs: object) -> None:
+            sent[endpoint] = request.headers.get("Expect")
+            raise Caught
+
         client = botocore.session.get_session().create_client(
             "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
         client.meta.events.register("before-send.s3.PutObject", catch)
         with pytest.raises(Caught):
             client.put_object(Bucket=BUCKET, Key="k", Body=b"x" * 2000)
-    assert sent == {"objects.example.org": b"100-continue", f"127.0.0.1:{scratch_s3.port}": None}, sent
+    assert sent == {"https://objects.example.org": b"100-continue", scratch_s3.endpoint_url: None}, sent
+
+
+def test_what_counts_as_loopback() -> None:
+    from zarrloader.loopback_puts import is_loopback
+
+    for host in ("127.0.0.1", "127.0.1.1", "localhost", "LOCALHOST", "localhost.", "bkt.localhost", "::1",
+                 "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+    for host in (None, "", "10.0.0.1", "objects.example.org", "localhost.example.org", "::ffff:10.0.0.1"):
+        assert not is_loopback(host), host
 
 
 def test_rclone_exiting_at_start_is_named_by_its_last_words(tmp_path: Path) -> None:
