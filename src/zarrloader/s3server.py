@@ -150,9 +150,8 @@ def start_s3_server(
     timeout: float = 20.0,
     extra_args: list[str] | None = None,
 ) -> S3Server:
-    """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP. Clients that botocore
-    makes from then on in this process send PUT bodies to it at once
-    (``loopback_puts``)."""
+    """Start ``rclone serve s3`` on 127.0.0.1 and wait until it answers HTTP. botocore sessions made
+    from then on in this process send PUT bodies to it at once (``loopback_puts``)."""
     send_loopback_put_bodies_at_once()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
