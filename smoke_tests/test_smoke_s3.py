@@ -45,8 +45,9 @@ def test_zarrloader_reads_whole_chunks_directly_and_exactly(figures: Figures) ->
     which leans on zarr internals: with this image's zarr the direct path must be active for simple
     layouts and return exactly what zarr's own read returns; plain chunks must be received into the
     loader's own memory (zarrloader.receive, which leans on s3fs and aiobotocore). Catches any of them
-    drifting at a version bump."""
-    require_data_stack("zarr", "s3fs", "numpy", "zarrloader")
+    drifting at a version bump. Small plain chunks must be read by tensorstore's kvstore (its probe
+    read succeeds with this image's tensorstore and botocore)."""
+    require_data_stack("zarr", "s3fs", "numpy", "zarrloader", "tensorstore")
     import numpy as np
     import zarr
     from zarr.storage import FsspecStore
@@ -74,6 +75,11 @@ def test_zarrloader_reads_whole_chunks_directly_and_exactly(figures: Figures) ->
             got = np.concatenate([b[""].numpy() for b in batches])
             order = np.argsort(np.concatenate([b["index"].numpy() for b in batches]))
             np.testing.assert_array_equal(got[order], data, err_msg=f"{name}: direct reads differ from the data written")
+            if name == "v3-raw":  # small plain chunks: read by tensorstore's kvstore (backends.tensorstore_reads)
+                note = getattr(src.backend, "native_note", None)
+                assert getattr(src.backend, "native_active", False), \
+                    f"small plain chunks are no longer read by tensorstore: {note}"
+                figures["small_chunks_client"] = "tensorstore"
             src.close()
     figures["zarr"] = zarr.__version__
     figures["direct_cases"] = sorted(cases)

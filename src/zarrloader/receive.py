@@ -97,10 +97,10 @@ class _Adopted:
 
     __slots__ = ("__array_interface__", "owner", "traced")
 
-    def __init__(self, owner: Any, address: int, nbytes: int) -> None:
+    def __init__(self, owner: Any, address: int, nbytes: int, *, trace: bool = True) -> None:
         self.owner = owner
         self.__array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1", "data": (address, False)}
-        self.traced = tracemalloc.is_tracing() and _trace(address, nbytes)
+        self.traced = trace and tracemalloc.is_tracing() and _trace(address, nbytes)
 
     def __del__(self) -> None:
         # not contextlib.suppress: at interpreter shutdown module globals may already be gone
@@ -127,11 +127,13 @@ _NUMPY_DOMAIN = int(getattr(np.lib, "tracemalloc_domain", 389047))
 def adopt_buffer(data: Any) -> np.ndarray:
     """``data`` (a bytes-like object the caller holds the only reference to, and whose producer never
     touches its memory again) as a writable uint8 array over the same memory, no copy. The caller
-    vouches for exclusivity: see ``backends.obstore`` for the one client this is used with."""
+    vouches for exclusivity: see ``backends.obstore`` and ``backends.tensorstore_reads`` for the two
+    clients this is used with. A ``bytes`` object is Python's own allocation, which tracemalloc
+    already sees: it is not reported a second time. Bodies under 2 bytes are copied."""
     view = np.frombuffer(data, dtype=np.uint8)
-    if view.size == 0:
-        return np.empty(0, dtype=np.uint8)
-    return np.asarray(_Adopted(data, view.ctypes.data, view.size))
+    if view.size < 2:  # CPython shares every empty and one-byte ``bytes``: never write into those
+        return view.copy()
+    return np.asarray(_Adopted(data, view.ctypes.data, view.size, trace=not isinstance(data, bytes)))
 
 
 async def read_body(resp: dict[str, Any], out: memoryview, where: str) -> None:

@@ -13,7 +13,6 @@ and every wait on it is bounded by the backend's deadline.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import itertools
 import math
@@ -27,7 +26,10 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, ErrorKind, open_backend
-from .backends.base import FIX_DENIED, FIX_UNAVAILABLE, exception_chain
+from .backends.base import FIX_DENIED, FIX_UNAVAILABLE, Pending, exception_chain
+from .backends.tensorstore_reads import MAX_CHUNK_BYTES as NATIVE_MAX_CHUNK_BYTES
+from .backends.tensorstore_reads import NativeFetch, NativeReadError, TensorstoreReads
+from .backends.tensorstore_reads import body as native_body
 from .cf import CFDecoder, Times, TimeUnits, time_units
 from .chunkread import DirectChunkReader
 from .dims import DatasetLayout, Dims, StaticArray, array_meta, dataset_layout
@@ -39,6 +41,7 @@ from .errors import (
     StoreNotFoundError,
     ZarrLoaderError,
 )
+from .plan import request_budget
 from .storage import Location, StorageOptions, parse_url
 
 # A block spanning more than this many chunk rows of the most finely chunked array is not worth
@@ -198,6 +201,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _native_candidates(direct: dict[str, DirectChunkReader | None]) -> bool:
+    """Every sampled array is read as whole plain native-order chunks no larger than tensorstore's
+    share (``tensorstore_reads.MAX_CHUNK_BYTES``): its fetches may go through the native client."""
+    return bool(direct) and all(r is not None and r.plain_native and r.chunk_nbytes <= NATIVE_MAX_CHUNK_BYTES
+                                for r in direct.values())
+
+
 class ZarrSource:
     """One Zarr array, or the arrays of a group along one sample dimension, at ``url``.
 
@@ -243,6 +253,7 @@ class ZarrSource:
         self._pid: int | None = None
         self._arrays: dict[str, Any] | None = None
         self._direct: dict[str, DirectChunkReader | None] = {}
+        self._native_ok = False  # every sampled array is small plain chunks: tensorstore may read them
         self._infos: tuple[ArrayInfo, ...] | None = None
         self._layout: DatasetLayout | None = None
         self._axes: dict[str, int] = {}
@@ -256,7 +267,8 @@ class ZarrSource:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # handles never travel; infos, layout and decoders are plain data, static values are re-read
-        state.update(_lock=None, _pid=None, _arrays=None, _direct={}, _backend=None, _static={}, _static_values=None)
+        state.update(_lock=None, _pid=None, _arrays=None, _direct={}, _native_ok=False, _backend=None, _static={},
+                     _static_values=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -295,6 +307,7 @@ class ZarrSource:
         backend, pid = self._backend, self._pid
         self._arrays = None
         self._direct = {}
+        self._native_ok = False
         self._static = {}
         self._pid = None
         self._backend = None
@@ -341,6 +354,7 @@ class ZarrSource:
                 # whole-chunk reads assume rows on axis 0; other axes go through zarr's selection
                 self._direct = {n: DirectChunkReader.for_array(a, receiver) if axes[n] == 0 else None
                                 for n, a in arrays.items()}
+                self._native_ok = _native_candidates(self._direct)
                 self._static = {a.name: found[a.name] for a in layout.static}
                 self._layout, self._axes = layout, axes
                 self._backend, self._arrays, self._pid = backend, arrays, os.getpid()
@@ -614,9 +628,11 @@ class ZarrSource:
         return _split_ranges(ranges, merged, data)
 
     def submit_ranges(self, ranges: Sequence[tuple[int, int]], *,
-                      contiguous: bool = True) -> concurrent.futures.Future[list[dict[str, np.ndarray]]] | None:
+                      contiguous: bool = True) -> Pending[list[dict[str, np.ndarray]]] | None:
         """Start reading ``ranges`` on zarr's event loop and return its future at once (no thread waits
-        on it until the result is needed), or None when this zarr has no loop to submit to.
+        on it until the result is needed), or None when this zarr has no loop to submit to. Small plain
+        chunks on a backend with a native client are read by it instead, off the loop (``NativeFetch``,
+        see ``backends.tensorstore_reads``).
 
         Arrays with a simple layout are read as whole decoded chunks (``chunkread``; results may be
         read-only views of the received bytes, or writable views of memory we own where the chunks
@@ -631,6 +647,10 @@ class ZarrSource:
         backend = self._backend
         assert backend is not None
         direct = self._direct
+        if self._native_ok:
+            native = self._native_reads(backend)
+            if native is not None:
+                return self._submit_native(native, ranges, contiguous)
         merged = _merge_ranges(ranges)
 
         async def run() -> list[dict[str, np.ndarray]]:
@@ -662,16 +682,57 @@ class ZarrSource:
 
         return backend.submit(run())
 
-    def wait_fetch(self, fut: concurrent.futures.Future[Any], ranges: Sequence[tuple[int, int]],
+    def _native_reads(self, backend: Backend) -> TensorstoreReads | None:
+        """The backend's native client for this source's small chunks (see ``tensorstore_reads``),
+        probed with the first array's metadata object; None: zarr's loop reads them."""
+        first = next(r for r in self._direct.values() if r is not None)
+        return backend.native_reads(first.metadata_key, self.options.max_connections or request_budget(16))
+
+    def _submit_native(self, native: TensorstoreReads, ranges: Sequence[tuple[int, int]],
+                       contiguous: bool) -> NativeFetch[list[dict[str, np.ndarray]]]:
+        """``submit_ranges`` through tensorstore: every chunk's read started here, the rows assembled
+        by the thread that waits (``NativeFetch.result``), no event loop involved."""
+        jobs = [(name, reader, reader.chunk_keys(ranges)) for name, reader in self._direct.items()
+                if reader is not None]
+        futures: list[Any] = []
+        try:
+            for _, _, keys in jobs:
+                futures.extend(native.start(k) for k in keys)
+        except BaseException:  # e.g. closed meanwhile: nothing left running; the caller redoes it
+            NativeFetch(futures, list).cancel()
+            raise
+
+        def finish(results: list[Any]) -> list[dict[str, np.ndarray]]:
+            out: list[dict[str, np.ndarray]] = [{} for _ in ranges]
+            i = 0
+            for name, reader, keys in jobs:
+                bodies = [native_body(r) for r in results[i : i + len(keys)]]
+                i += len(keys)
+                for o, x in zip(out, reader.from_bodies(ranges, bodies, contiguous=contiguous), strict=True):
+                    o[name] = x
+            return out
+
+        return NativeFetch(futures, finish, native)
+
+    def wait_fetch(self, fut: Pending[Any], ranges: Sequence[tuple[int, int]],
                    timeout: float | None = None) -> Any:
         """The result of a ``submit_ranges`` future, waiting at most ``timeout`` (default: the
         deadline). A timeout or a storage failure (unreachable, denied) raises its ZarrLoaderError at
-        once; any other failure returns None: the caller redoes the read through zarr to name the chunk."""
+        once; any other failure returns None: the caller redoes the read through zarr to name the chunk.
+        A fetch whose tensorstore reads fail returns None too, and the source's later fetches go through
+        zarr's loop instead (obstore): that path may only ever speed reads up."""
         backend = self._backend
         assert backend is not None
         what = f"fetching rows {_fmt_ranges(ranges)} of {self.url}"
         try:
             return backend.wait(fut, what, timeout)
+        except NativeReadError as exc:
+            backend.drop_native_reads(f"{exc} (while {what})", exc.reads)
+            if exc.unavailable:  # after tensorstore's own attempts, which are obstore's (tensorstore_reads)
+                raise StorageUnavailableError(
+                    f"cannot reach storage while {what} at {backend.endpoint} (gave up after bounded retries; "
+                    f"{backend.settings()}): {exc}. {FIX_UNAVAILABLE}") from exc
+            return None
         except (StorageUnavailableError, AccessDeniedError):
             raise
         except ZarrLoaderError:

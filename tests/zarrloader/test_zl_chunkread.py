@@ -395,13 +395,21 @@ def test_an_adopted_buffer_not_aligned_for_the_dtype_is_copied(tmp_path) -> None
     np.testing.assert_array_equal(np.concatenate(got), data)
 
 
-def test_a_one_chunk_fetch_costs_the_event_loop_one_task(scratch_s3: S3Server) -> None:
+@pytest.mark.parametrize("tensorstore", ["0", "1"])
+def test_a_one_chunk_fetch_costs_the_event_loop_one_task(scratch_s3: S3Server, monkeypatch: pytest.MonkeyPatch,
+                                                         tensorstore: str) -> None:
     """A fetch of one chunk per array is the coroutine submitted, nothing more: no gather, no task
-    per chunk (they were most of the loop's own work per fetch, see chunkread). Arrays inside a
-    group (chunk keys under the array's path) read exactly."""
+    per chunk (they were most of the loop's own work per fetch, see chunkread). Where tensorstore
+    reads the small chunks (``backends.tensorstore_reads``), a fetch costs the loop nothing at all.
+    Arrays inside a group (chunk keys under the array's path) read exactly."""
     import asyncio
 
     from zarrloader.backends.base import zarr_loop
+    from zarrloader.backends.tensorstore_reads import ENV_SWITCH
+
+    if tensorstore == "1":
+        pytest.importorskip("tensorstore")
+    monkeypatch.setenv(ENV_SWITCH, tensorstore)
 
     data = rng.random((32, 8, 8), dtype=np.float32)
     group = zarr.open_group(_store(scratch_s3, "onetask.zarr", read_only=False), mode="w")
@@ -425,5 +433,5 @@ def test_a_one_chunk_fetch_costs_the_event_loop_one_task(scratch_s3: S3Server) -
             np.testing.assert_array_equal(got[0]["a"], data[8:16])
     finally:
         loop.call_soon_threadsafe(loop.set_task_factory, previous)
-    assert len(made) == 2, [getattr(c, "__qualname__", c) for c in made]
+    assert len(made) == (2 if tensorstore == "0" else 0), [getattr(c, "__qualname__", c) for c in made]
     src.close()

@@ -22,13 +22,25 @@ import threading
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..errors import AccessDeniedError, StorageUnavailableError, StoreNotFoundError, ZarrLoaderError
 from ..receive import Receiver
 from ..storage import Location, StorageOptions
+from .tensorstore_reads import TensorstoreReads
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Pending(Protocol[T_co]):
+    """What ``Backend.wait`` waits on: a ``concurrent.futures.Future``, or a ``NativeFetch``."""
+
+    def result(self, timeout: float | None = None) -> T_co: ...
+
+    def done(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
 
 #: Added to connect + read x attempts: the libraries' backoff between attempts, and the error path.
 GRACE_S = 2.0
@@ -162,6 +174,17 @@ class Backend(abc.ABC):
         go through the zarr store's ``get``."""
         return None
 
+    def native_reads(self, probe_key: str, concurrency: int) -> TensorstoreReads | None:
+        """A native client for small whole chunks, read off zarr's event loop (``tensorstore_reads``;
+        ``probe_key``: an object that exists, read once to check), or None: chunks go through
+        ``receiver``/the zarr store."""
+        return None
+
+    def drop_native_reads(self, why: str, reads: TensorstoreReads | None = None) -> None:
+        """Stop using ``native_reads`` (one of its fetches failed; the other clients read from now on).
+        ``reads``: the reads that failed (reads opened since are kept)."""
+        return None
+
     # -- objects (async: run them on zarr's loop, see ``run``/``submit``) ---------------------------
     @abc.abstractmethod
     async def get_async(self, key: str) -> Any:
@@ -227,7 +250,7 @@ class Backend(abc.ABC):
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
         return self.wait(fut, operation)
 
-    def wait(self, fut: concurrent.futures.Future[T], operation: str, timeout: float | None = None) -> T:
+    def wait(self, fut: Pending[T], operation: str, timeout: float | None = None) -> T:
         """The result of ``fut`` within ``timeout`` (default: the deadline), else cancel it and raise
         ``StorageUnavailableError``. Exceptions are translated."""
         limit = timeout if timeout is not None else (self.deadline.seconds if self.deadline else None)

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import logging
 import os
 import ssl
 import threading
@@ -35,8 +36,10 @@ from typing import Any, ClassVar
 from ..errors import AccessDeniedError, BackendOptionError, ChunkReadError
 from ..receive import ObjectSizeError, Receiver
 from ..storage import Location, StorageOptions
+from . import tensorstore_reads
 from .base import Backend, ErrorKind, ObjectInfo
 from .fsspec import classify_os_error
+from .tensorstore_reads import TensorstoreReads, open_reads
 
 #: botocore settings whose obstore counterpart comes from the StorageOptions fields (or none is needed)
 _MAPPED_CONFIG = {"response_checksum_validation", "request_checksum_calculation", "connect_timeout", "read_timeout",
@@ -470,6 +473,10 @@ class ObstoreBackend(Backend):
         self._kw: dict[str, Any] | None = None
         self._store: Any = None
         self._bucket_store: Any = None
+        self._native_lock = threading.Lock()
+        self._native: TensorstoreReads | None = None
+        self._native_tried = False
+        self.native_note = ""  # why small chunks are not read through tensorstore ("" when they are)
 
     def _config(self) -> dict[str, Any]:
         if self._kw is None:
@@ -519,6 +526,42 @@ class ObstoreBackend(Backend):
 
     def receiver(self) -> Receiver | None:
         return _ObstoreReceiver(self)
+
+    def native_reads(self, probe_key: str, concurrency: int) -> TensorstoreReads | None:
+        """tensorstore's kvstore on the location for small whole chunks (``tensorstore_reads``), opened
+        and probed with ``probe_key`` once per backend (within ``PROBE_SECONDS`` or the deadline, if
+        shorter); None when it cannot be used (``native_note`` says why)."""
+        # its own lock: the probe waits on the network, and ``_lock`` guards what zarr's loop needs
+        with self._native_lock:
+            if not self._native_tried:
+                self._native_tried = True
+                budget = min(tensorstore_reads.PROBE_SECONDS, self.deadline.seconds if self.deadline else 1e9)
+                self._native, why = open_reads(self._config(), probe_key, concurrency=concurrency,
+                                               retries=self.options.retries, probe_seconds=budget,
+                                               connect_timeout=self.options.connect_timeout,
+                                               read_timeout=self.options.read_timeout)
+                self.native_note = why
+                if why:
+                    logging.getLogger("zarrloader").info("small chunks of %s are read by obstore: %s",
+                                                         self.location.url, why)
+            native = self._native
+        return native if native is not None and native.usable else None
+
+    @property
+    def native_active(self) -> bool:
+        """Small plain chunks are being read through tensorstore (``native_reads``) in this process."""
+        return self._native is not None and self._native.usable
+
+    def drop_native_reads(self, why: str, reads: TensorstoreReads | None = None) -> None:
+        """Stop reading through tensorstore (a fetch failed on that path; obstore reads from now on).
+        ``reads``: the reads that failed; reads opened since (after a close) are kept."""
+        with self._native_lock:
+            if self._native is not None and (reads is None or reads is self._native):
+                self._native.close()
+                self._native = None
+                self.native_note = why
+                logging.getLogger("zarrloader").info("small chunks of %s are read by obstore from now on: %s",
+                                                     self.location.url, why)
 
     # -- objects -----------------------------------------------------------------------------------------
     async def get_async(self, key: str) -> Any:
@@ -577,6 +620,10 @@ class ObstoreBackend(Backend):
 
     def close(self) -> None:
         super().close()  # obstore's client has no session to close; its pool goes with the store
+        with self._native_lock:
+            if self._native is not None:
+                self._native.close()  # fetches still in flight fail as NativeReadError: redone, or dropped
+            self._native, self._native_tried = None, False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
