@@ -184,7 +184,10 @@ def test_sigint_keeps_every_object_written_and_a_rerun_resumes_per_object(s3: S3
     env = {**os.environ, **s3.env()}
     cmd = [sys.executable, "-m", "zarrloader.cli", "sync", f"s3://{BUCKET}/many.zarr", str(dst), "--concurrency", "2",
            "--no-progress", "--src-backend", "fsspec"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a parent started in the background (nohup, `&` without job
+    # control) has it ignored, and Python then leaves it ignored in the child (the sync would finish)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = tmp_path / ("out.zarr" + PARTIAL_SUFFIX) / JOURNAL
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
