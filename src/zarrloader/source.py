@@ -719,8 +719,9 @@ class ZarrSource:
         """The result of a ``submit_ranges`` future, waiting at most ``timeout`` (default: the
         deadline). A timeout or a storage failure (unreachable, denied) raises its ZarrLoaderError at
         once; any other failure returns None: the caller redoes the read through zarr to name the chunk.
-        A fetch whose tensorstore reads fail returns None too, and the source's later fetches go through
-        zarr's loop instead (obstore): that path may only ever speed reads up."""
+        A fetch whose tensorstore reads fail returns None too (the source's later fetches then go
+        through zarr's loop, obstore), except where tensorstore gave up on the storage as unavailable
+        after its own attempts (obstore's): that is a StorageUnavailableError, as on obstore."""
         backend = self._backend
         assert backend is not None
         what = f"fetching rows {_fmt_ranges(ranges)} of {self.url}"
