@@ -169,11 +169,15 @@ class DirectChunkReader:
             if data is None:
                 chunks[i] = np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
                 continue
-            raw = adopt_buffer(data)  # the client's fresh copy, ours alone (see ``tensorstore_reads``)
-            if raw.ctypes.data % self.dtype.alignment:
-                raw = raw.copy()
-            chunks[i] = raw.view(self.dtype).reshape(self.chunk_shape)
+            chunks[i] = self._as_chunk(adopt_buffer(data))  # the client's fresh copy, ours alone (tensorstore_reads)
         return self._slices(ranges, spans, chunks)
+
+    def _as_chunk(self, raw: np.ndarray) -> np.ndarray:
+        """An adopted body (1-D uint8) as the chunk: copied only where it is not aligned for the dtype
+        (a small body may start anywhere in a client's buffer; numpy and torch want aligned memory)."""
+        if raw.ctypes.data % self.dtype.alignment:
+            raw = raw.copy()
+        return raw.view(self.dtype).reshape(self.chunk_shape)
 
     def _chunk_key(self, i: int) -> str:
         """The key of chunk ``i`` (along axis 0) relative to the array."""
@@ -191,17 +195,14 @@ class DirectChunkReader:
         ``receive``): no copy, except of a buffer not aligned for the dtype (a small body may start
         anywhere in the connection's read buffer; numpy and torch want aligned memory)."""
         receiver = cast(AdoptingReceiver, self.receiver)  # read_many checked ``adopts``
-        nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
-        got = await _all_or_none([receiver.adopt(k, nbytes) for k in keys])
+        got = await _all_or_none([receiver.adopt(k, self.chunk_nbytes) for k in keys])
         out = []
         for raw in got:
             if raw is None:
                 self._missing()
                 out.append(np.full(self.chunk_shape, self.fill_value, dtype=self.dtype))
                 continue
-            if raw.ctypes.data % self.dtype.alignment:
-                raw = raw.copy()
-            out.append(raw.view(self.dtype).reshape(self.chunk_shape))
+            out.append(self._as_chunk(raw))
         return out
 
     async def _receive_many(self, ranges: Sequence[tuple[int, int]], index: list[int], keys: list[str]) -> list[np.ndarray]:

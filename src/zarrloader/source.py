@@ -699,7 +699,8 @@ class ZarrSource:
             for _, _, keys in jobs:
                 futures.extend(native.start(k) for k in keys)
         except BaseException:  # e.g. closed meanwhile: nothing left running; the caller redoes it
-            NativeFetch(futures, list).cancel()
+            for f in futures:
+                f.cancel()
             raise
 
         def finish(results: list[Any]) -> list[dict[str, np.ndarray]]:

@@ -95,7 +95,7 @@ def test_fetches_are_views_of_one_block_or_of_adopted_bodies(scratch_s3: S3Serve
     src.close()
 
 
-@pytest.mark.parametrize("why", ["switched off", "too large", "compressed"])
+@pytest.mark.parametrize("why", ["switched off", "misspelt switch", "too large", "compressed"])
 def test_other_sources_stay_on_obstore(scratch_s3: S3Server, native_reads: list[str], monkeypatch: pytest.MonkeyPatch,
                                        why: str) -> None:
     data = rng.random((40, 64), dtype=np.float32)  # 2 KiB chunks
@@ -103,6 +103,8 @@ def test_other_sources_stay_on_obstore(scratch_s3: S3Server, native_reads: list[
     url = _write(scratch_s3, f"other-{why.replace(' ', '-')}.zarr", data, (8, 64), **kw)
     if why == "switched off":
         monkeypatch.setenv(tensorstore_reads.ENV_SWITCH, "0")
+    if why == "misspelt switch":  # neither on nor off: obstore, and the note names the fix
+        monkeypatch.setenv(tensorstore_reads.ENV_SWITCH, "flase")
     if why == "too large":
         monkeypatch.setattr(source_mod, "NATIVE_MAX_CHUNK_BYTES", 1024)
     src = ZarrSource(url, storage_options=scratch_s3.storage_options())
@@ -110,6 +112,9 @@ def test_other_sources_stay_on_obstore(scratch_s3: S3Server, native_reads: list[
     assert native_reads == []
     if why == "switched off":
         assert "ZARRLOADER_TENSORSTORE=0" in src.backend.native_note  # type: ignore[attr-defined]
+    if why == "misspelt switch":
+        note = src.backend.native_note  # type: ignore[attr-defined]
+        assert "'flase' is not one of" in note and "Fix:" in note, note
     src.close()
 
 

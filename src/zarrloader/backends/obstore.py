@@ -542,8 +542,10 @@ class ObstoreBackend(Backend):
                                                read_timeout=self.options.read_timeout)
                 self.native_note = why
                 if why:
-                    logging.getLogger("zarrloader").info("small chunks of %s are read by obstore: %s",
-                                                         self.location.url, why)
+                    # a misspelt switch is the user's to fix: a warning; anything else is information
+                    level = logging.WARNING if "Fix:" in why else logging.INFO
+                    logging.getLogger("zarrloader").log(level, "small chunks of %s are read by obstore: %s",
+                                                        self.location.url, why)
             native = self._native
         return native if native is not None and native.usable else None
 

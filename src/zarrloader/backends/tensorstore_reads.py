@@ -60,9 +60,21 @@ _FOLDERS: list[tuple[int, str]] = []  # (pid, credential folder) not yet removed
 _EXIT_HOOK: list[int] = []
 
 
-def enabled() -> bool:
-    """False when the environment turns this path off."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+_ON, _OFF = ("1", "true", "yes", "on", ""), ("0", "false", "no", "off")
+
+
+def switched_off() -> str | None:
+    """Why the environment keeps this path off, or None when it does not. A value that is neither
+    on nor off keeps it off too, and says so (logged as a warning by the caller): a misspelt switch
+    must not be read as either answer silently."""
+    raw = os.environ.get(ENV_SWITCH)
+    value = (raw or "").strip().lower()
+    if value in _ON:
+        return None
+    if value in _OFF:
+        return f"{ENV_SWITCH}={raw}"
+    return (f"{ENV_SWITCH}={raw!r} is not one of {'/'.join(v for v in _ON if v)} (on) or {'/'.join(_OFF)} (off). "
+            f"Fix: set one of those, or unset it (on); until then obstore reads")
 
 
 @dataclass
@@ -216,8 +228,9 @@ def open_reads(config: dict[str, Any], probe_key: str, *, concurrency: int, retr
     the kvstore open and the read together within ``probe_seconds`` (default ``PROBE_SECONDS``);
     else (None, why)."""
     budget = PROBE_SECONDS if probe_seconds is None else probe_seconds
-    if not enabled():
-        return None, f"{ENV_SWITCH}={os.environ.get(ENV_SWITCH)}"
+    off = switched_off()
+    if off is not None:
+        return None, off
     try:
         import tensorstore as ts
     except ImportError:
@@ -288,5 +301,5 @@ def _remove_all() -> None:
             _remove_folder(folder)
 
 
-__all__ = ["ENV_SWITCH", "MAX_CHUNK_BYTES", "NativeFetch", "NativeReadError", "TensorstoreReads", "body", "enabled", "kvstore_spec",
-           "open_reads", "set_curl_limits"]
+__all__ = ["ENV_SWITCH", "MAX_CHUNK_BYTES", "NativeFetch", "NativeReadError", "TensorstoreReads", "body", "kvstore_spec",
+           "open_reads", "set_curl_limits", "switched_off"]
