@@ -123,9 +123,10 @@ class BenchConfig:
         if self.naive_max_seconds <= 0 or self.naive_max_samples < 1 or self.peer_max_seconds <= 0:
             raise bad("the per-sample readers' caps must be > 0", "e.g. --naive-seconds 3 --naive-samples 200")
         if self.raw_clients is not None:
-            wrong = sorted(set(self.raw_clients) - {*bench_raw.RAW_CLIENTS, "files", "fsspec"})
+            wrong = sorted(set(self.raw_clients) - {*bench_raw.RAW_CLIENTS, *bench_raw.GCS_RAW_CLIENTS, "files", "fsspec"})
             if wrong:
-                raise bad(f"unknown raw clients {wrong}", f"choose among {list(bench_raw.RAW_CLIENTS)}")
+                raise bad(f"unknown raw clients {wrong}", f"choose among {list(bench_raw.RAW_CLIENTS)} (s3://) or "
+                          f"{list(bench_raw.GCS_RAW_CLIENTS)} (gs://)")
 
 
 @dataclass

@@ -70,8 +70,10 @@ def tensorstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any
 
 
 def tensorstore_kvstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensorstore kvstore spec, environment variables its credential provider reads) for the objects
-    under ``loc``: its ``s3`` driver (or ``file``), endpoint, region and credentials from ``opts``."""
+    """(tensorstore kvstore spec, environment variables it reads at open and first request) for the
+    objects under ``loc``: its ``s3`` driver (endpoint, region and credentials from ``opts``), its ``gcs``
+    driver (the endpoint, which it takes from the environment only; credentials as Google's default
+    chain finds them) or ``file``."""
     extra = dict(opts.extra)
     env: dict[str, str] = {}
     if loc.protocol == "file":
@@ -93,6 +95,12 @@ def tensorstore_kvstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[
             env = {"AWS_ACCESS_KEY_ID": str(extra["key"]), "AWS_SECRET_ACCESS_KEY": str(extra.get("secret") or "")}
         elif opts.profile:
             kv["aws_credentials"] = {"type": "profile", "profile": opts.profile}
+    elif loc.protocol == "gcs":
+        bucket, _, path = loc.path.partition("/")
+        kv = {"driver": "gcs", "bucket": bucket, "path": path.strip("/") + "/" if path.strip("/") else ""}
+        endpoint = opts.endpoint_url or extra.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+        if endpoint:  # an emulator or a private endpoint: tensorstore's gcs driver reads it from here
+            env["TENSORSTORE_GCS_HTTP_URL"] = str(endpoint).rstrip("/")
     else:
         raise ValueError(f"tensorstore: no kvstore for {loc.url}")
     return kv, env

@@ -10,6 +10,14 @@ request, and s3fs's own retry loop (5 more rounds of those by default, which is 
 used to hang a read for minutes) is set to one round. Plain chunks are received with our own
 ``get_object`` call on the filesystem's aiobotocore client (public ``set_session``), its body read
 with the response stream's public ``readinto``: the same request s3fs makes, without its copy.
+
+``gs://`` uses gcsfs's JSON-API filesystem (``gcsfs.core.GCSFileSystem``), not the class gcsfs makes
+its default since 2026 (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``, on unless set). That class asks Google's
+gRPC Storage Control API for the bucket's layout before reads and writes, does not remember a failed
+answer, and waits 60 s for each: against an endpoint without that API (an emulator, a private
+endpoint, a network that lets only HTTPS out) every chunk read then waits 60 s (measured:
+docs/zarrloader.md, "Backends"). Setting ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true`` (or 1) in the
+environment takes gcsfs's choice instead, for zonal buckets.
 """
 
 from __future__ import annotations
@@ -35,6 +43,22 @@ _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "500", "502", "503", "504", "429"}
 _GET_OBJECT_EXTRAS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "ExpectedBucketOwner")
+
+
+#: gcsfs's switch for its experimental filesystem class (see the module docstring)
+GCSFS_EXPERIMENTAL = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+
+
+def _make_filesystem(loc: Location, kw: dict[str, Any]) -> Any:
+    """The fsspec filesystem for ``loc``: for ``gs://`` gcsfs's JSON-API class unless the environment
+    asks for gcsfs's experimental one by name (module docstring); else fsspec's registered class."""
+    import fsspec
+
+    if loc.protocol == "gcs" and os.environ.get(GCSFS_EXPERIMENTAL, "").strip().lower() not in ("true", "1"):
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem(**kw)
+    return fsspec.filesystem(_protocol_name(loc), **kw)
 
 
 def _protocol_name(loc: Location) -> str:
@@ -137,9 +161,7 @@ def _aio_session(profile: str | None) -> Any:
 def sync_filesystem(loc: Location, opts: StorageOptions) -> Any:
     """A synchronous fsspec filesystem for ``loc`` (fsspec's own loop thread; for code not yet on the
     backend protocol). Same options as the backend's, so the same retries and timeouts apply."""
-    import fsspec
-
-    fs = fsspec.filesystem(_protocol_name(loc), **fsspec_options(loc, opts))
+    fs = _make_filesystem(loc, fsspec_options(loc, opts))
     if loc.protocol == "s3":
         fs.retries = 1
     return fs
@@ -189,12 +211,10 @@ class FsspecBackend(Backend):
     def filesystem(self) -> Any:
         """The backend's asynchronous fsspec filesystem (created on first use)."""
         if self._fs is None:
-            import fsspec
-
             kw = fsspec_options(self.location, self.options, asynchronous=True)
             if self.location.protocol == "http" and "get_client" not in kw:
                 kw["get_client"] = self._get_http_client
-            fs = fsspec.filesystem(_protocol_name(self.location), **kw)
+            fs = _make_filesystem(self.location, kw)
             if self.location.protocol == "s3":
                 fs.retries = 1  # one retry layer: botocore's (see the module docstring)
             self._fs = fs
