@@ -78,7 +78,7 @@ class BenchConfig:
     codec: str | None = None  # None: uncompressed, so the benchmark measures I/O, not a codec
     backend: str | None = None  # storage backend of zarr_default and the loaders (naive is the article's
     # fsspec); None: the options' choice, else the default for the scheme (obstore for s3://)
-    raw_clients: Sequence[str] | None = None  # None: every raw client installed (bench_raw.RAW_CLIENTS)
+    raw_clients: Sequence[str] | None = None  # None: every raw client installed (bench_raw.clients_for the URL)
     peers: bool = False  # add bench_peers.PEERS to the readers
     peer_max_seconds: float = 3.0  # time cap of the peers that read per sample (extrapolated)
 
@@ -123,10 +123,11 @@ class BenchConfig:
         if self.naive_max_seconds <= 0 or self.naive_max_samples < 1 or self.peer_max_seconds <= 0:
             raise bad("the per-sample readers' caps must be > 0", "e.g. --naive-seconds 3 --naive-samples 200")
         if self.raw_clients is not None:
-            wrong = sorted(set(self.raw_clients) - {*bench_raw.RAW_CLIENTS, *bench_raw.GCS_RAW_CLIENTS, "files", "fsspec"})
+            loc = parse_url(self.url) if self.url is not None else parse_url("s3://bench")
+            fits = {*bench_raw.clients_for(loc), *(("fsspec",) if loc.protocol != "file" else ())}
+            wrong = sorted(set(self.raw_clients) - fits)
             if wrong:
-                raise bad(f"unknown raw clients {wrong}", f"choose among {list(bench_raw.RAW_CLIENTS)} (s3://) or "
-                          f"{list(bench_raw.GCS_RAW_CLIENTS)} (gs://)")
+                raise bad(f"unknown raw clients {wrong} for {loc.url}", f"choose among {sorted(fits)}")
 
 
 @dataclass

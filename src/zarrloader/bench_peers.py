@@ -98,9 +98,11 @@ def tensorstore_kvstore_spec(loc: Location, opts: StorageOptions) -> tuple[dict[
     elif loc.protocol == "gcs":
         bucket, _, path = loc.path.partition("/")
         kv = {"driver": "gcs", "bucket": bucket, "path": path.strip("/") + "/" if path.strip("/") else ""}
-        endpoint = opts.endpoint_url or extra.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+        from .backends.fsspec import gcs_endpoint
+
+        endpoint = gcs_endpoint(opts)
         if endpoint:  # an emulator or a private endpoint: tensorstore's gcs driver reads it from here
-            env["TENSORSTORE_GCS_HTTP_URL"] = str(endpoint).rstrip("/")
+            env["TENSORSTORE_GCS_HTTP_URL"] = endpoint
     else:
         raise ValueError(f"tensorstore: no kvstore for {loc.url}")
     return kv, env

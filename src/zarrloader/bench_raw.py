@@ -17,8 +17,8 @@ Clients (names are part of the JSON contract, ``raw_<name>``):
            "Benchmark results"), so the limit is not always obstore.
   files    local files (``file://`` bench targets only), ``concurrency`` threads
 On ``gs://`` the clients are ``gcsfs`` (aiohttp via fsspec, as s3fs above), ``obstore`` (its
-``GCSStore``) and ``tensorstore`` (its ``gcs`` kvstore). Measured on fake-gcs-server, gcsfs is the
-fastest from 1 MiB up (no request signing in Python, unlike s3fs): docs/zarrloader.md, "Backends".
+``GCSStore``) and ``tensorstore`` (its ``gcs`` kvstore). Measured on fake-gcs-server, gcsfs was the
+fastest at no chunk size: docs/zarrloader.md, "gs:// measured".
 A client that is not installed is left out, with a note (``unavailable``).
 
 Each ``make_*`` builds the client first (connections opened, one object read) so that client
@@ -173,16 +173,18 @@ def _gcs_store(loc: Location, opts: StorageOptions, connections: int) -> object:
     credentials), none with ``anon``; ``endpoint_url`` (an emulator, a private endpoint) as its base URL."""
     from obstore.store import GCSStore
 
+    from .backends.fsspec import gcs_endpoint
+
     bucket, _, prefix = loc.path.partition("/")
     config: dict[str, object] = {}
     if opts.anon or opts.extra.get("token") == "anon":
         config["skip_signature"] = True
-    endpoint = opts.endpoint_url or opts.extra.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+    endpoint = gcs_endpoint(opts)
     client: dict[str, object] = {"pool_max_idle_per_host": str(connections),
                                  "connect_timeout": f"{opts.connect_timeout:g}s", "timeout": "300s"}
     if endpoint:
-        config["base_url"] = str(endpoint).rstrip("/")
-        client["allow_http"] = str(endpoint).startswith("http://")
+        config["base_url"] = endpoint
+        client["allow_http"] = endpoint.startswith("http://")
     return GCSStore(bucket, prefix=prefix.strip("/") or None, config=config, client_options=client)
 
 

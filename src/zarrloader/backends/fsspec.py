@@ -49,9 +49,20 @@ _GET_OBJECT_EXTRAS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyM
 GCSFS_EXPERIMENTAL = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 
 
+def gcs_endpoint(opts: StorageOptions) -> str | None:
+    """The GCS endpoint gcsfs would use for ``opts`` (``endpoint_url``, else ``STORAGE_EMULATOR_HOST``,
+    given a scheme where it has none, as gcsfs does), or None for Google's own."""
+    raw = opts.endpoint_url or opts.extra.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")
+    if not raw or raw == "default":
+        return None
+    url = str(raw).rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
 def _make_filesystem(loc: Location, kw: dict[str, Any]) -> Any:
     """The fsspec filesystem for ``loc``: for ``gs://`` gcsfs's JSON-API class unless the environment
-    asks for gcsfs's experimental one by name (module docstring); else fsspec's registered class."""
+    asks for gcsfs's experimental one by name (module docstring); else fsspec's registered class.
+    (gcsfs itself reads the variable when it is imported, hence "gcsfs's choice" below.)"""
     import fsspec
 
     if loc.protocol == "gcs" and os.environ.get(GCSFS_EXPERIMENTAL, "").strip().lower() not in ("true", "1"):
