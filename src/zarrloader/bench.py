@@ -124,7 +124,7 @@ class BenchConfig:
             raise bad("the per-sample readers' caps must be > 0", "e.g. --naive-seconds 3 --naive-samples 200")
         if self.raw_clients is not None:
             loc = parse_url(self.url) if self.url is not None else parse_url("s3://bench")
-            fits = {*bench_raw.clients_for(loc), *(("fsspec",) if loc.protocol != "file" else ())}
+            fits = set(bench_raw.accepted_clients(loc))
             wrong = sorted(set(self.raw_clients) - fits)
             if wrong:
                 raise bad(f"unknown raw clients {wrong} for {loc.url}", f"choose among {sorted(fits)}")

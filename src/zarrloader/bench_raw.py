@@ -75,6 +75,12 @@ def clients_for(loc: Location) -> tuple[str, ...]:
     return ("fsspec",)
 
 
+def accepted_clients(loc: Location) -> tuple[str, ...]:
+    """The names ``--raw-clients`` accepts for ``loc``: its clients, and ``fsspec`` (the URL's own fsspec
+    filesystem) wherever that is not plain files."""
+    return (*clients_for(loc), *(("fsspec",) if loc.protocol != "file" else ()))
+
+
 def unavailable(name: str) -> str | None:
     """Why client ``name`` cannot run here (None: it can)."""
     if name == "obstore":
@@ -96,9 +102,9 @@ def make_client(name: str, loc: Location, opts: StorageOptions, keys: Sequence[s
                 in_flight: int) -> RawClient:
     if name == "files":
         return _files(loc, keys, in_flight)
-    if name not in (*clients_for(loc), *(("fsspec",) if loc.protocol != "file" else ())):
-        raise RawClientError(f"raw client {name!r} does not read {loc.url}: for this URL choose among "
-                             f"{list(clients_for(loc))} (--raw-clients)")
+    if name not in accepted_clients(loc):
+        raise RawClientError(f"raw client {name!r} does not read {loc.url}. Fix: choose among "
+                             f"{list(accepted_clients(loc))} (--raw-clients)")
     if name in ("s3fs", "gcsfs", "fsspec"):
         return _fsspec(name, loc, opts, keys, in_flight)
     if name == "obstore":
@@ -173,6 +179,7 @@ def _gcs_store(loc: Location, opts: StorageOptions, connections: int) -> object:
     credentials), none with ``anon``; ``endpoint_url`` (an emulator, a private endpoint) as its base URL."""
     from obstore.store import GCSStore
 
+    from .backends.base import Deadline
     from .backends.fsspec import gcs_endpoint
 
     bucket, _, prefix = loc.path.partition("/")
@@ -180,8 +187,10 @@ def _gcs_store(loc: Location, opts: StorageOptions, connections: int) -> object:
     if opts.anon or opts.extra.get("token") == "anon":
         config["skip_signature"] = True
     endpoint = gcs_endpoint(opts)
+    # the same per-request bounds the obstore backend gives its S3 client (obstore_config)
     client: dict[str, object] = {"pool_max_idle_per_host": str(connections),
-                                 "connect_timeout": f"{opts.connect_timeout:g}s", "timeout": "300s"}
+                                 "connect_timeout": f"{opts.connect_timeout:g}s", "read_timeout": f"{opts.read_timeout:g}s",
+                                 "timeout": f"{Deadline.from_options(opts).request_seconds:g}s"}
     if endpoint:
         config["base_url"] = endpoint
         client["allow_http"] = endpoint.startswith("http://")

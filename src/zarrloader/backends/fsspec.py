@@ -16,7 +16,7 @@ its default since 2026 (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT``, on unless set). T
 gRPC Storage Control API for the bucket's layout before reads and writes, does not remember a failed
 answer, and waits 60 s for each: against an endpoint without that API (an emulator, a private
 endpoint, a network that lets only HTTPS out) every chunk read then waits 60 s (measured:
-docs/zarrloader.md, "Backends"). Setting ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true`` (or 1) in the
+docs/zarrloader.md, "gs:// measured"). Setting ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true`` (or 1) in the
 environment takes gcsfs's choice instead, for zonal buckets.
 """
 
