@@ -335,8 +335,11 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         if cfg.backend is not None:
             opts = dataclasses.replace(opts, backend=cfg.backend)
         backend = _reachable(loc, opts)
+        # the datasets are written by the default backend for writes (gcsfs on gs://, see backends),
+        # whichever one --backend names for the readers
+        writer_opts = dataclasses.replace(opts, backend=None)
         for c, name in names.items():
-            store = zarr_store(loc.child(name), opts, read_only=False)
+            store = zarr_store(loc.child(name), writer_opts, read_only=False)
             try:
                 if not _matches(store, c, cfg):
                     write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)

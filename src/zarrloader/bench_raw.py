@@ -17,8 +17,9 @@ Clients (names are part of the JSON contract, ``raw_<name>``):
            "Benchmark results"), so the limit is not always obstore.
   files    local files (``file://`` bench targets only), ``concurrency`` threads
 On ``gs://`` the clients are ``gcsfs`` (aiohttp via fsspec, as s3fs above), ``obstore`` (its
-``GCSStore``) and ``tensorstore`` (its ``gcs`` kvstore). Measured on fake-gcs-server, gcsfs was the
-fastest at no chunk size: docs/zarrloader.md, "gs:// measured".
+``GCSStore``, configured as the obstore backend configures it: ``backends.obstore_gcs``) and
+``tensorstore`` (its ``gcs`` kvstore). Measured on fake-gcs-server, gcsfs was the fastest at no chunk
+size: docs/zarrloader.md, "gs:// measured".
 A client that is not installed is left out, with a note (``unavailable``).
 
 Each ``make_*`` builds the client first (connections opened, one object read) so that client
@@ -153,10 +154,7 @@ def _obstore(loc: Location, opts: StorageOptions, keys: Sequence[str], in_flight
 
     from .backends.obstore import ObstoreBackend
 
-    if loc.protocol == "gcs":
-        store = _gcs_store(loc, opts, in_flight + 4)
-    else:
-        store = ObstoreBackend(loc, opts.with_connections(in_flight + 4)).s3_store()
+    store = ObstoreBackend(loc, opts.with_connections(in_flight + 4)).object_store()  # S3Store, or GCSStore
     loop = asyncio.new_event_loop()
 
     async def run(some: Sequence[str]) -> int:
@@ -171,30 +169,6 @@ def _obstore(loc: Location, opts: StorageOptions, keys: Sequence[str], in_flight
     loop.run_until_complete(run(keys[:1]))  # client set up outside the timed region
     return RawClient("obstore", lambda: loop.run_until_complete(run(keys)), in_flight,
                      f"{len(keys)} GETs, {in_flight} in flight", close=loop.close)
-
-
-def _gcs_store(loc: Location, opts: StorageOptions, connections: int) -> object:
-    """obstore's ``GCSStore`` on ``loc`` (the bench's gs:// yardstick only: the loader reads gs:// through
-    gcsfs). Credentials as obstore finds them (``GOOGLE_APPLICATION_CREDENTIALS``, application-default
-    credentials), none with ``anon``; ``endpoint_url`` (an emulator, a private endpoint) as its base URL."""
-    from obstore.store import GCSStore
-
-    from .backends.base import Deadline
-    from .backends.fsspec import gcs_endpoint
-
-    bucket, _, prefix = loc.path.partition("/")
-    config: dict[str, object] = {}
-    if opts.anon or opts.extra.get("token") == "anon":
-        config["skip_signature"] = True
-    endpoint = gcs_endpoint(opts)
-    # the same per-request bounds the obstore backend gives its S3 client (obstore_config)
-    client: dict[str, object] = {"pool_max_idle_per_host": str(connections),
-                                 "connect_timeout": f"{opts.connect_timeout:g}s", "read_timeout": f"{opts.read_timeout:g}s",
-                                 "timeout": f"{Deadline.from_options(opts).request_seconds:g}s"}
-    if endpoint:
-        config["base_url"] = endpoint
-        client["allow_http"] = endpoint.startswith("http://")
-    return GCSStore(bucket, prefix=prefix.strip("/") or None, config=config, client_options=client)
 
 
 def s5cmd_binary() -> str | None:

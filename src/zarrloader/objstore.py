@@ -11,8 +11,8 @@ from .storage import Location, StorageOptions
 
 
 def s3_store(loc: Location, opts: StorageOptions) -> Any:
-    """obstore's ``S3Store`` for ``loc`` (see ``backends.obstore.ObstoreBackend.s3_store``)."""
-    return ObstoreBackend(loc, opts).s3_store()
+    """obstore's ``S3Store`` for ``loc`` (see ``backends.obstore.ObstoreBackend.object_store``)."""
+    return ObstoreBackend(loc, opts).object_store()
 
 
 def obstore_zarr_store(loc: Location, opts: StorageOptions, *, read_only: bool = True) -> Any:

@@ -167,7 +167,7 @@ class StagedWriter:
         if self._backend is None:
             from .backends import open_backend
 
-            self._backend = open_backend(self.loc, self.options)
+            self._backend = open_backend(self.loc, self.options, writing=True)
         return self._backend
 
     def open(self) -> StagedWriter:

@@ -43,8 +43,8 @@ class StorageOptions:
         answer. Every storage operation ends, in error if need be, within ``connect_timeout +
         read_timeout x (retries + 1)`` plus 2 s (``backends.Deadline``): 67 s with the defaults.
     extra: raw fsspec options merged last (e.g. ``key``/``secret`` for a test server, ``token`` for GCS).
-    backend: None (default): the fastest backend for the scheme: "obstore" for s3:// (zarr's ObjectStore
-        on obstore's Rust client), "fsspec" for gs:// and http(s)://; local paths always use plain
+    backend: None (default): the fastest backend for the scheme: "obstore" for s3:// and gs:// (zarr's
+        ObjectStore on obstore's Rust clients), "fsspec" for http(s)://; local paths always use plain
         files. "fsspec" or "obstore" to choose (see ``zarrloader.backends``).
     """
 
@@ -178,7 +178,7 @@ def zarr_store(loc: Location, opts: StorageOptions, *, read_only: bool = True) -
 
     from .backends import open_backend
 
-    backend = open_backend(loc, opts)
+    backend = open_backend(loc, opts, writing=not read_only)
     store = backend.zarr_store(read_only=read_only)
     key = id(store)
     _OWNERS[key] = (weakref.ref(store), backend)

@@ -100,11 +100,12 @@ def test_http_store_read_whole_through_the_proxy(http_root: tuple[str, int]) -> 
     np.testing.assert_array_equal(np.concatenate([b[""].numpy() for b in batches]), data())
 
 
-def test_gcs_endpoint_that_never_answers_raises_within_the_bound() -> None:
+@pytest.mark.parametrize("backend", [None, "fsspec"])  # None: the default for gs:// reads, obstore
+def test_gcs_endpoint_that_never_answers_raises_within_the_bound(backend: str | None) -> None:
     with StallingProxy(None, black_hole=True) as proxy:
-        opts = StorageOptions(anon=True, endpoint_url=proxy.url, **FAST)  # type: ignore[arg-type]
+        opts = StorageOptions(anon=True, endpoint_url=proxy.url, backend=backend, **FAST)  # type: ignore[arg-type]
         src = ZarrSource("gs://bucket/x.zarr", storage_options=opts)
-        assert src.backend_name == "fsspec"
+        assert src.backend_name == (backend or "obstore")
         outcome = run_bounded(src.open, BOUND + 60)
         assert outcome.done, "opening gs:// hung on an endpoint that never answers"
         _assert_clear(outcome.error, proxy.url, "opening gs://bucket/x.zarr")

@@ -15,6 +15,7 @@ from zarrloader import AccessDeniedError, StorageOptions, StorageUnavailableErro
 from zarrloader.backends import (
     DEFAULTS,
     REGISTRY,
+    WRITE_DEFAULTS,
     Backend,
     Deadline,
     ErrorKind,
@@ -73,7 +74,8 @@ def test_one_zarr_store_per_backend_reads_what_the_others_wrote(scratch_s3: S3Se
 
 def test_registry_defaults_and_choice(datasets: Datasets) -> None:
     assert set(BACKENDS) == {"obstore", "fsspec"} and set(REGISTRY) == {"obstore", "fsspec", "local"}
-    assert DEFAULTS["s3"][0] == "obstore" and DEFAULTS["gcs"] == ("fsspec",) and DEFAULTS["http"] == ("fsspec",)
+    assert DEFAULTS["s3"][0] == "obstore" and DEFAULTS["gcs"] == ("obstore", "fsspec") and DEFAULTS["http"] == ("fsspec",)
+    assert WRITE_DEFAULTS == {"gcs": ("fsspec",)}
     for name in REGISTRY:
         assert backend_class(name).name == name
     assert choose_backend(parse_url("s3://b/k"), StorageOptions()) == "obstore"

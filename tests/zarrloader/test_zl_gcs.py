@@ -1,12 +1,17 @@
 """``gs://`` against a real GCS JSON API server: fake-gcs-server (Go, from its wheel) on loopback.
 
-``zarrloader sync`` writes a zarr-python group to it and the loader reads it back bit-exact, in storage
-order and shuffled, within a bound that gcsfs's experimental filesystem class cannot meet there: it
-waits 60 s on Google's gRPC Storage Control API before each read or write (see backends/fsspec.py).
+``zarrloader sync`` writes a zarr-python group to it (through gcsfs, the default for writes) and the
+loader reads it back bit-exact through obstore's GCSStore (the default for reads) and through gcsfs, in
+storage order and shuffled, within a bound that gcsfs's experimental filesystem class cannot meet
+there: it waits 60 s on Google's gRPC Storage Control API before each read or write (see
+backends/fsspec.py). obstore's requests carry the bearer token of gcsfs's credential resolution, and
+a frozen server ends an obstore epoch in a clear error within the deadline.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -31,6 +36,7 @@ from zarrloader.storage import parse_url
 from zarrloader.subset import sync_subset
 
 BUCKET = "gcs-data"
+_PIDS: dict[str, int] = {}  # endpoint URL -> the server's pid (the frozen-server test stops it)
 #: far below the 60 s that one gRPC layout lookup of gcsfs's experimental class waits on this server
 BOUND_S = 40.0
 
@@ -78,6 +84,7 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                      headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=10):
             pass
+        _PIDS[url] = proc.pid
         yield url
     finally:
         proc.terminate()
@@ -143,12 +150,14 @@ def test_sync_to_gs_and_the_loader_reads_it_back_bit_exact(gcs: str, tmp_path: P
     result = _bounded(lambda: sync_subset(str(local), url, dst_options=_opts(gcs), concurrency=4, progress=False),
                       BOUND_S)
     assert result.objects_total > 0
-    for shuffle in (False, True):
-        def epoch(shuffle: bool = shuffle) -> dict[str, np.ndarray]:
-            src = ZarrSource(url, storage_options=_opts(gcs))
+    # read by the default backend (obstore), then by gcsfs, in storage order and shuffled
+    for backend, shuffle in itertools.product((None, "fsspec"), (False, True)):
+        def epoch(shuffle: bool = shuffle, backend: str | None = backend) -> dict[str, np.ndarray]:
+            opts = dataclasses.replace(_opts(gcs), backend=backend)
+            src = ZarrSource(url, storage_options=opts)
             got: dict[str, list[np.ndarray]] = {"images": [], "labels": [], "index": []}
             try:
-                assert src.backend_name == "fsspec"
+                assert src.backend_name == (backend or "obstore")
                 for b in make_loader(src, batch_size=24, shuffle=shuffle, seed=3, return_index=True, pin_memory=False):
                     for k in got:
                         got[k].append(b[k].numpy())
@@ -162,6 +171,12 @@ def test_sync_to_gs_and_the_loader_reads_it_back_bit_exact(gcs: str, tmp_path: P
         assert np.array_equal(got["images"][order], images())
         assert np.array_equal(got["labels"][order], labels())
         assert shuffle == (not np.array_equal(got["index"], np.arange(len(labels()))))
+    # and back: sync reads gs:// through the default backend for reads (obstore: listing, GETs)
+    back = tmp_path / "back.zarr"
+    _bounded(lambda: sync_subset(url, str(back), "10:30", src_options=_opts(gcs), concurrency=4, progress=False),
+             BOUND_S)
+    g2 = zarr.open_group(str(back), mode="r")
+    assert np.array_equal(g2["images"][:], images()[10:30]) and np.array_equal(g2["labels"][:], labels()[10:30])
     assert os.environ.get(GCSFS_EXPERIMENTAL) is None
 
 
@@ -182,3 +197,111 @@ def test_bench_on_gs_measures_every_gs_raw_client_and_the_loaders(gcs: str, monk
     assert set(got.values()) == {2 << 20}
     loaders = {r.reader: r.bytes for r in report.results if r.reader.startswith("loader_")}
     assert loaders == {"loader_sequential": 2 << 20, "loader_shuffled": 2 << 20}
+
+
+def _write(url: str, gcs: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    """``data`` as a zarr array at ``url``, through the store zarrloader gives for writes (gcsfs's JSON-API
+    class: zarr's own ``storage_options=`` would take gcsfs's experimental one, see the module docstring)."""
+    from zarrloader.storage import close_store, zarr_store
+
+    store = zarr_store(parse_url(url), _opts(gcs), read_only=False)
+    try:
+        zarr.create_array(store, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=True)[:] = data
+    finally:
+        close_store(store)
+
+
+def test_gs_reads_default_to_obstore_and_writes_to_gcsfs() -> None:
+    from zarrloader.backends import choose_backend
+    from zarrloader.errors import BackendOptionError
+
+    loc = parse_url("gs://b/x.zarr")
+    assert choose_backend(loc, StorageOptions()) == "obstore"
+    assert choose_backend(loc, StorageOptions(), writing=True) == "fsspec"
+    assert choose_backend(loc, StorageOptions(backend="obstore"), writing=True) == "obstore"  # asked by name
+    # what obstore cannot do on gs:// goes to gcsfs by default, and is a clear error when obstore is named
+    for opts in (StorageOptions(requester_pays=True), StorageOptions(extra={"consistency": "md5"})):
+        assert choose_backend(loc, opts) == "fsspec"
+        with pytest.raises(BackendOptionError, match=r"Fix: .*backend='fsspec'"):
+            _ = ZarrSource("gs://b/x.zarr", storage_options=dataclasses.replace(opts, backend="obstore")).backend
+
+
+def test_obstore_gcs_config_takes_gcsfs_endpoint_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.oauth2.credentials import Credentials
+
+    from zarrloader.backends.obstore_gcs import store_config
+
+    loc = parse_url("gs://b/some/x.zarr")
+    kw = store_config(loc, StorageOptions(anon=True, endpoint_url="http://127.0.0.1:9"))
+    assert (kw["bucket"], kw["prefix"]) == ("b", "some/x.zarr")
+    assert kw["config"] == {"base_url": "http://127.0.0.1:9", "skip_signature": True}
+    assert kw["client_options"]["allow_http"] is True and "credential_provider" not in kw
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:8")  # gcsfs's emulator variable, scheme added
+    assert store_config(loc, StorageOptions(anon=True))["config"]["base_url"] == "http://127.0.0.1:8"
+    # any token gcsfs takes: here a google-auth credentials object with a static token
+    kw = store_config(loc, StorageOptions(extra={"token": Credentials(token="tok-123")}))
+    assert "skip_signature" not in kw["config"]
+    assert kw["credential_provider"]() == {"token": "tok-123", "expires_at": None}
+
+
+def test_obstore_requests_carry_the_token_gcsfs_resolved(gcs: str) -> None:
+    """fake-gcs-server ignores authorisation: what is checked is that obstore asked our provider (gcsfs's
+    resolution of ``token=``) for the bearer token of its requests, and read the data through it."""
+    from google.oauth2.credentials import Credentials
+
+    from zarrloader.backends.obstore_gcs import GcsfsCredentials
+
+    url = f"gs://{BUCKET}/token.zarr"
+    data = np.arange(240, dtype="float32").reshape(40, 6)
+    _write(url, gcs, data, (8, 6))
+    calls: list[int] = []
+    original = GcsfsCredentials.__call__
+
+    def counted(self: GcsfsCredentials) -> dict[str, Any]:
+        calls.append(1)
+        return original(self)
+
+    opts = StorageOptions(endpoint_url=gcs, extra={"token": Credentials(token="tok-123")}, connect_timeout=2.0,
+                          read_timeout=5.0, retries=1)
+    GcsfsCredentials.__call__ = counted  # type: ignore[method-assign]
+    try:
+        src = ZarrSource(url, storage_options=opts)
+        try:
+            assert src.backend_name == "obstore"
+            got = np.concatenate([b[""].numpy() for b in make_loader(src, batch_size=8, shuffle=False,
+                                                                     pin_memory=False)])
+        finally:
+            src.close()
+    finally:
+        GcsfsCredentials.__call__ = original  # type: ignore[method-assign]
+    np.testing.assert_array_equal(got, data)
+    assert calls, "obstore never asked for a token"
+
+
+def test_frozen_gcs_server_mid_epoch_ends_an_obstore_epoch_within_the_bound(gcs: str) -> None:
+    import signal
+
+    from zarrloader import StorageUnavailableError
+    from zarrloader.backends import Deadline
+
+    url = f"gs://{BUCKET}/frozen.zarr"
+    _write(url, gcs, np.ones((512, 64), dtype="float32"), (4, 64))
+    opts = StorageOptions(anon=True, endpoint_url=gcs, connect_timeout=1.0, read_timeout=2.0, retries=1)
+    bound = Deadline(1.0, 2.0, 1).seconds
+    src = ZarrSource(url, storage_options=opts)
+    it = iter(make_loader(src, batch_size=4, shuffle=False, concurrency=2, min_read_bytes=1, pin_memory=False))
+    next(it)
+    pid = _PIDS[gcs]
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailableError) as info:
+            _bounded(lambda: list(it), bound + 60)
+        waited = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        src.close()
+    text = str(info.value)
+    for needle in (gcs, "fetching rows", "read_timeout=2 s", "retries=1", "Fix:"):
+        assert needle in text, f"{needle!r} missing from: {text}"
+    assert waited <= bound + 3.0, f"error {waited:.1f} s after the freeze, bound {bound:g} s"

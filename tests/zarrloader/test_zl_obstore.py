@@ -41,9 +41,9 @@ def test_formats_read_through_obstore(datasets: Datasets, name: str) -> None:
     assert "images" in src.direct_arrays
 
 
-def test_obstore_is_the_default_for_s3_and_fsspec_for_the_rest(datasets: Datasets, http_url: str) -> None:
+def test_obstore_is_the_default_for_s3_and_gs_and_fsspec_for_the_rest(datasets: Datasets, http_url: str) -> None:
     assert ZarrSource(datasets.url("v3.zarr"), storage_options=datasets.options).backend_name == "obstore"
-    assert ZarrSource("gs://bucket/x.zarr").backend_name == "fsspec"
+    assert ZarrSource("gs://bucket/x.zarr").backend_name == "obstore"
     assert ZarrSource(f"{http_url}/v3.zarr").backend_name == "fsspec"
     assert ZarrSource(str(datasets.path("v3.zarr"))).backend_name == "local"
     fs_only = {**datasets.options, "use_ssl": False}  # an s3fs option obstore cannot honour: fsspec serves it
@@ -76,14 +76,14 @@ def test_bad_input_names_cause_and_fix(datasets: Datasets) -> None:
         ZarrSource(datasets.url("v3.zarr"), storage_options=down).open()
     with pytest.raises(AccessDeniedError, match=r"AWS profile 'dev' not found.*Fix"):
         ZarrSource(datasets.url("v3.zarr"), storage_options=dataclasses.replace(_opts(server), profile="dev")).open()
-    with pytest.raises(BackendOptionError, match="s3:// URLs"):
+    with pytest.raises(BackendOptionError, match=r"S3Store arguments.*obstore_gcs\.store_config"):
         obstore_config(parse_url("gs://bucket/x.zarr"), StorageOptions(backend="obstore"))
     with pytest.raises(BackendOptionError, match="does not understand"):
         obstore_config(parse_url("s3://b/x"), StorageOptions(backend="obstore", extra={"use_ssl": False}))
     with pytest.raises(ValueError, match="unknown storage backend 'boto'"):
         StorageOptions(backend="boto")
-    with pytest.raises(BackendOptionError, match=r"backend='obstore' supports s3:// URLs.*gs://bucket"):
-        ZarrSource("gs://bucket/x.zarr", storage_options=StorageOptions(backend="obstore")).open()
+    with pytest.raises(BackendOptionError, match=r"backend='obstore' supports s3:// and gs:// URLs.*https://host"):
+        ZarrSource("https://host/x.zarr", storage_options=StorageOptions(backend="obstore")).open()
 
 
 def test_options_map_onto_obstore() -> None:

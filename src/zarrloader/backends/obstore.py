@@ -1,4 +1,5 @@
-"""The obstore backend (the default for ``s3://``): zarr's ``ObjectStore`` over obstore's Rust S3 client.
+"""The obstore backend (the default for ``s3://`` and ``gs://``): zarr's ``ObjectStore`` over obstore's Rust
+clients (``S3Store``; ``GCSStore`` for gs://, configured in ``obstore_gcs``).
 
 Why: with s3fs every HTTP request is parsed and signed by aiobotocore on one Python thread that holds
 the GIL; obstore does the HTTP work in Rust threads without it, at less than half the client CPU per
@@ -65,12 +66,16 @@ FORK_FIX = ("Fix: start workers with the 'spawn' or 'forkserver' method, create 
 
 def parse_extra(loc: Location, opts: StorageOptions) -> dict[str, Any]:
     """What of ``opts.extra`` (raw fsspec/s3fs options) obstore can honour, as
-    ``{"endpoint", "region", "anon", "requester_pays", "key", "secret", "token", "client_options"}``;
-    raises ``BackendOptionError`` naming anything else."""
+    ``{"endpoint", "region", "anon", "requester_pays", "key", "secret", "token", "client_options"}``
+    (gs://: ``obstore_gcs.parse_extra``); raises ``BackendOptionError`` naming anything else."""
+    if loc.protocol == "gcs":
+        from . import obstore_gcs
+
+        return obstore_gcs.parse_extra(loc, opts)
     if loc.protocol != "s3":
         raise BackendOptionError(
-            f"backend='obstore' supports s3:// URLs here, not {loc.url!r}. Fix: use the default backend "
-            "(drop backend=, or backend='fsspec') for gs://, http(s):// and local data")
+            f"backend='obstore' supports s3:// and gs:// URLs here, not {loc.url!r}. Fix: use the default backend "
+            "(drop backend=, or backend='fsspec') for http(s):// and local data")
     extra = dict(opts.extra)
     client_kwargs = dict(extra.pop("client_kwargs", {}) or {})
     config_kwargs = dict(extra.pop("config_kwargs", {}) or {})
@@ -88,12 +93,17 @@ def parse_extra(loc: Location, opts: StorageOptions) -> dict[str, Any]:
     }
     for ours in ("key", "secret", "token"):
         out[ours] = extra.pop(ours, None)
-    for key in _FSSPEC_ONLY:
+    refuse_unknown(extra, _FSSPEC_ONLY, "fsspec/s3fs")
+    return out
+
+
+def refuse_unknown(extra: dict[str, Any], ignorable: tuple[str, ...], kind: str, where: str = "") -> None:
+    """``BackendOptionError`` naming what is left of ``extra`` once the ``ignorable`` keys are dropped."""
+    for key in ignorable:
         extra.pop(key, None)
     if extra:
-        raise BackendOptionError(f"backend='obstore' does not understand storage options {sorted(extra)}. "
-                                 "Fix: drop them, or use backend='fsspec' for fsspec/s3fs options")
-    return out
+        raise BackendOptionError(f"backend='obstore' does not understand storage options {sorted(extra)}{where}. "
+                                 f"Fix: drop them, or use backend='fsspec' for {kind} options")
 
 
 def unsupported_reason(loc: Location, opts: StorageOptions) -> str | None:
@@ -167,17 +177,17 @@ def _configured_endpoint(session: Any) -> str | None:
 _PEM_CACHE: dict[tuple[Any, ...], str] = {}
 
 
-def ca_certificates(session: Any | None) -> tuple[str | None, list[str]]:
+def ca_certificates(session: Any | None, *, aws: bool = True) -> tuple[str | None, list[str]]:
     """(PEM text, the files it came from) of every CA bundle that should be trusted: ``AWS_CA_BUNDLE`` or
-    the profile's ``ca_bundle``, ``SSL_CERT_FILE`` and the system bundle. Added to obstore's own roots,
-    so a TLS-inspecting proxy's CA works wherever the system (or AWS) settings name it."""
+    the profile's ``ca_bundle`` (``aws``: for S3 only), ``SSL_CERT_FILE`` and the system bundle. Added to
+    obstore's own roots, so a TLS-inspecting proxy's CA works wherever the system (or AWS) settings name it."""
     named: list[tuple[str, str]] = []
-    aws = os.environ.get("AWS_CA_BUNDLE")
-    if not aws and session is not None:
+    bundle = os.environ.get("AWS_CA_BUNDLE") if aws else None
+    if aws and not bundle and session is not None:
         with contextlib.suppress(Exception):
-            aws = session.get_config_variable("ca_bundle")
-    if aws:
-        named.append(("AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "the profile's ca_bundle", aws))
+            bundle = session.get_config_variable("ca_bundle")
+    if bundle:
+        named.append(("AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "the profile's ca_bundle", bundle))
     if os.environ.get("SSL_CERT_FILE"):
         named.append(("SSL_CERT_FILE", os.environ["SSL_CERT_FILE"]))
     for what, path in named:
@@ -222,6 +232,9 @@ def obstore_config(loc: Location, opts: StorageOptions, *, resolve: bool = True)
     ``resolve=False`` leaves out what needs botocore's chain (credentials, profile settings)."""
     from .base import Deadline
 
+    if loc.protocol == "gcs":
+        raise BackendOptionError(f"obstore_config builds S3Store arguments, not those for {loc.url!r}. Fix: use "
+                                 "backends.obstore_gcs.store_config for gs://")
     raw = parse_extra(loc, opts)
     bucket, _, prefix = loc.path.partition("/")
     session = _botocore_session(opts.profile) if resolve else None
@@ -426,13 +439,13 @@ class _ObstoreReceiver:
 
     def __init__(self, backend: ObstoreBackend) -> None:
         self.backend = backend
-        self._store: Any = None  # the backend's S3Store, taken once: its lock is per-chunk cost otherwise
+        self._store: Any = None  # the backend's store, taken once: its lock is per-chunk cost otherwise
 
     async def _get(self, key: str, nbytes: int) -> Any:
         import obstore
 
         if self._store is None:
-            self._store = self.backend.s3_store()
+            self._store = self.backend.object_store()
         try:
             data = await (await obstore.get_async(self._store, key)).bytes_async()
         except FileNotFoundError:
@@ -460,7 +473,7 @@ class _ObstoreReceiver:
 
 class ObstoreBackend(Backend):
     name: ClassVar[str] = "obstore"
-    protocols: ClassVar[tuple[str, ...]] = ("s3",)
+    protocols: ClassVar[tuple[str, ...]] = ("s3", "gcs")
 
     def __init__(self, location: Location, options: StorageOptions) -> None:
         super().__init__(location, options)
@@ -480,11 +493,20 @@ class ObstoreBackend(Backend):
 
     def _config(self) -> dict[str, Any]:
         if self._kw is None:
-            self._kw = obstore_config(self.location, self.options)
+            if self.location.protocol == "gcs":
+                from . import obstore_gcs
+
+                self._kw = obstore_gcs.store_config(self.location, self.options)
+            else:
+                self._kw = obstore_config(self.location, self.options)
         return self._kw
 
     @property
     def endpoint(self) -> str:
+        if self.location.protocol == "gcs":
+            from . import obstore_gcs
+
+            return obstore_gcs.describe_endpoint(self.location, self.options)
         raw = parse_extra(self.location, self.options)
         url = raw["endpoint"]
         if url is None and self._kw is not None:
@@ -495,26 +517,29 @@ class ObstoreBackend(Backend):
         where = url or (f"AWS S3 ({region})" if region else "AWS S3")
         return f"{where} (bucket {self.location.bucket})"
 
-    def s3_store(self, *, bucket_only: bool = False) -> Any:
-        """obstore's ``S3Store`` for the location (or its bucket), created on first use."""
+    def object_store(self, *, bucket_only: bool = False) -> Any:
+        """obstore's store for the location (or its bucket): ``S3Store``, or ``GCSStore`` for gs://,
+        created on first use."""
         with self._lock:
             if self._store is None:
-                try:
-                    from obstore.store import S3Store
-                except ImportError as exc:
-                    raise BackendOptionError(f"backend='obstore' needs obstore: {exc}. Fix: pip install obstore, "
-                                             "or use backend='fsspec'") from exc
-                kw = dict(self._config())
-                self._store = S3Store(kw.pop("bucket"), **kw)
+                self._store = self._make_store(prefix=True)
                 if not _RUNTIME_PID:
                     _RUNTIME_PID.append(os.getpid())
             if bucket_only and self._bucket_store is None:
-                from obstore.store import S3Store
-
-                kw = dict(self._config())
-                kw["prefix"] = None
-                self._bucket_store = S3Store(kw.pop("bucket"), **kw)
+                self._bucket_store = self._make_store(prefix=False)
         return self._bucket_store if bucket_only else self._store
+
+    def _make_store(self, *, prefix: bool) -> Any:
+        try:
+            from obstore.store import GCSStore, S3Store
+        except ImportError as exc:
+            raise BackendOptionError(f"backend='obstore' needs obstore: {exc}. Fix: pip install obstore, "
+                                     "or use backend='fsspec'") from exc
+        kw = dict(self._config())
+        if not prefix:
+            kw["prefix"] = None
+        cls = GCSStore if self.location.protocol == "gcs" else S3Store
+        return cls(kw.pop("bucket"), **kw)
 
     def zarr_store(self, *, read_only: bool = True) -> Any:
         try:
@@ -522,7 +547,7 @@ class ObstoreBackend(Backend):
         except ImportError as exc:
             raise BackendOptionError(f"backend='obstore' needs zarr >= 3 with ObjectStore: {exc}. "
                                      "Fix: upgrade zarr, or use backend='fsspec'") from exc
-        return cls(self.s3_store(), read_only=read_only)
+        return cls(self.object_store(), read_only=read_only)
 
     def receiver(self) -> Receiver | None:
         return _ObstoreReceiver(self)
@@ -533,6 +558,9 @@ class ObstoreBackend(Backend):
         shorter); None when it cannot be used (``native_note`` says why)."""
         # its own lock: the probe waits on the network, and ``_lock`` guards what zarr's loop needs
         with self._native_lock:
+            if not self._native_tried and self.location.protocol == "gcs":
+                self._native_tried = True
+                self.native_note = "tensorstore's gcs kvstore is not used for gs:// (obstore reads every chunk)"
             if not self._native_tried:
                 self._native_tried = True
                 budget = min(tensorstore_reads.PROBE_SECONDS, self.deadline.seconds if self.deadline else 1e9)
@@ -570,32 +598,32 @@ class ObstoreBackend(Backend):
         import obstore
 
         try:
-            return await (await obstore.get_async(self.s3_store(), key)).bytes_async()
+            return await (await obstore.get_async(self.object_store(), key)).bytes_async()
         except FileNotFoundError:
             return None
 
     async def put_async(self, key: str, data: bytes | memoryview) -> None:
         import obstore
 
-        await obstore.put_async(self.s3_store(), key, bytes(data))
+        await obstore.put_async(self.object_store(), key, bytes(data))
 
     async def delete_async(self, key: str) -> None:
         import obstore
 
         with contextlib.suppress(FileNotFoundError):
-            await obstore.delete_async(self.s3_store(), key)
+            await obstore.delete_async(self.object_store(), key)
 
     async def list_async(self, prefix: str = "") -> list[ObjectInfo]:
         import obstore
 
-        metas = await obstore.list(self.s3_store(), prefix=prefix or None).collect_async()
+        metas = await obstore.list(self.object_store(), prefix=prefix or None).collect_async()
         return sorted((ObjectInfo(m["path"], int(m["size"])) for m in metas), key=lambda o: o.key)
 
     async def size_async(self, key: str) -> int | None:
         import obstore
 
         try:
-            return int((await obstore.head_async(self.s3_store(), key))["size"])
+            return int((await obstore.head_async(self.object_store(), key))["size"])
         except FileNotFoundError:
             return None
 
@@ -603,7 +631,7 @@ class ObstoreBackend(Backend):
         import obstore
 
         try:
-            await obstore.list_with_delimiter_async(self.s3_store(bucket_only=True))
+            await obstore.list_with_delimiter_async(self.object_store(bucket_only=True))
         except Exception as exc:
             if "NoSuchBucket" in str(exc) or isinstance(exc, FileNotFoundError):
                 return False
