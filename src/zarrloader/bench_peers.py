@@ -17,17 +17,16 @@ caller (they end, and are waited for, inside the timed region: ``RUSAGE_CHILDREN
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .backends.tensorstore_reads import scoped_environ
 from .storage import Location, StorageOptions
 
 PEERS = ("tensorstore_sequential", "tensorstore_shuffled", "torch_chunked", "torch_per_sample")
@@ -120,22 +119,6 @@ def ts_result(fut: Any, timeout: float, what: str) -> Any:
     except TimeoutError:
         fut.cancel()
         raise PeerStalled(f"{what}: no answer within {timeout:.0f} s") from None
-
-
-@contextlib.contextmanager
-def scoped_environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` set in the environment for the duration: tensorstore's credential provider reads it on
-    the first request of a store (an array open reads metadata; a bare kvstore open reads nothing)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def open_tensorstore(loc: Location, opts: StorageOptions, deadline_s: float = 30.0) -> Any:

@@ -199,14 +199,15 @@ def test_bench_on_gs_measures_every_gs_raw_client_and_the_loaders(gcs: str, monk
     assert loaders == {"loader_sequential": 2 << 20, "loader_shuffled": 2 << 20}
 
 
-def _write(url: str, gcs: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+def _write(url: str, gcs: str, data: np.ndarray, chunks: tuple[int, ...], compressors: Any = "auto") -> None:
     """``data`` as a zarr array at ``url``, through the store zarrloader gives for writes (gcsfs's JSON-API
     class: zarr's own ``storage_options=`` would take gcsfs's experimental one, see the module docstring)."""
     from zarrloader.storage import close_store, zarr_store
 
     store = zarr_store(parse_url(url), _opts(gcs), read_only=False)
     try:
-        zarr.create_array(store, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=True)[:] = data
+        zarr.create_array(store, shape=data.shape, chunks=chunks, dtype=data.dtype, overwrite=True,
+                          compressors=compressors)[:] = data
     finally:
         close_store(store)
 
@@ -278,19 +279,21 @@ def test_obstore_requests_carry_the_token_gcsfs_resolved(gcs: str) -> None:
     assert calls, "obstore never asked for a token"
 
 
-def test_frozen_gcs_server_mid_epoch_ends_an_obstore_epoch_within_the_bound(gcs: str) -> None:
+@pytest.mark.parametrize("plain", [False, True])  # zstd chunks: obstore's GETs; plain small ones: tensorstore's
+def test_frozen_gcs_server_mid_epoch_ends_an_epoch_within_the_bound(gcs: str, plain: bool) -> None:
     import signal
 
     from zarrloader import StorageUnavailableError
     from zarrloader.backends import Deadline
 
-    url = f"gs://{BUCKET}/frozen.zarr"
-    _write(url, gcs, np.ones((512, 64), dtype="float32"), (4, 64))
+    url = f"gs://{BUCKET}/frozen-{plain}.zarr"
+    _write(url, gcs, np.ones((512, 64), dtype="float32"), (4, 64), compressors=None if plain else "auto")
     opts = StorageOptions(anon=True, endpoint_url=gcs, connect_timeout=1.0, read_timeout=2.0, retries=1)
     bound = Deadline(1.0, 2.0, 1).seconds
     src = ZarrSource(url, storage_options=opts)
     it = iter(make_loader(src, batch_size=4, shuffle=False, concurrency=2, min_read_bytes=1, pin_memory=False))
     next(it)
+    assert src.backend.native_active is plain, src.backend.native_note
     pid = _PIDS[gcs]
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
@@ -305,3 +308,31 @@ def test_frozen_gcs_server_mid_epoch_ends_an_obstore_epoch_within_the_bound(gcs:
     for needle in (gcs, "fetching rows", "read_timeout=2 s", "retries=1", "Fix:"):
         assert needle in text, f"{needle!r} missing from: {text}"
     assert waited <= bound + 3.0, f"error {waited:.1f} s after the freeze, bound {bound:g} s"
+
+
+def test_small_plain_chunks_on_gs_are_read_by_tensorstore_unless_the_token_is_explicit(gcs: str) -> None:
+    """As on s3:// (``backends.tensorstore_reads``): plain chunks of at most 512 KiB go through
+    tensorstore's gcs kvstore, bit-exact, in both orders; credentials tensorstore cannot take (a token
+    given as an object) keep obstore, which says why."""
+    from google.oauth2.credentials import Credentials
+
+    url = f"gs://{BUCKET}/small.zarr"
+    data = np.random.default_rng(1).random((96, 16, 16), dtype=np.float32)
+    _write(url, gcs, data, (8, 16, 16), compressors=None)  # 8 KiB plain chunks
+    token = {"token": Credentials(token="tok-123")}
+    for extra, native in (({}, True), (token, False)):
+        opts = StorageOptions(anon=not extra, endpoint_url=gcs, extra=extra, connect_timeout=2.0, read_timeout=5.0,
+                              retries=1)
+        src = ZarrSource(url, storage_options=opts)
+        try:
+            for shuffle in (False, True):
+                batches = _bounded(lambda s=shuffle, src=src: list(make_loader(
+                    src, batch_size=12, shuffle=s, return_index=True, pin_memory=False)), BOUND_S)
+                index = np.concatenate([b["index"].numpy() for b in batches])
+                got = np.concatenate([b[""].numpy() for b in batches])
+                np.testing.assert_array_equal(got[np.argsort(index)], data)
+            assert src.backend.native_active is native, src.backend.native_note
+            if not native:
+                assert "token=" in src.backend.native_note
+        finally:
+            src.close()

@@ -251,3 +251,32 @@ def test_kvstore_spec_takes_what_tensorstore_can_express() -> None:
         kvstore_spec({**base, "credential_provider": lambda: {**frozen, "expires_at": 1}}, 8, 2)
     with pytest.raises(ValueError, match="virtual"):
         kvstore_spec({**base, "config": {"virtual_hosted_style_request": True, "access_key_id": "k"}}, 8, 2)
+
+
+def test_gcs_kvstore_spec_only_for_what_tensorstore_authenticates_alike(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from zarrloader.backends.tensorstore_reads import gcs_kvstore_spec
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no application-default credentials file
+    base = {"bucket": "b", "prefix": "d/x.zarr", "config": {"skip_signature": True, "base_url": "http://h:1"}}
+    spec, env = gcs_kvstore_spec(base, 8, 2)
+    assert spec["driver"] == "gcs" and spec["bucket"] == "b" and spec["path"] == "d/x.zarr/"
+    assert spec["context"]["gcs_request_concurrency"] == {"limit": 8}
+    assert spec["context"]["gcs_request_retries"]["max_retries"] == 3
+    assert env == {"TENSORSTORE_GCS_HTTP_URL": "http://h:1"}
+
+    class Provider:
+        def __init__(self, method: str | None) -> None:
+            self.method = method
+
+    signed = {"bucket": "b", "config": {}}
+    assert gcs_kvstore_spec({**signed, "credential_provider": Provider("google_default")}, 8, 2)[1] == {}
+    assert gcs_kvstore_spec({**signed, "credential_provider": Provider("cloud")}, 8, 2)[0]["driver"] == "gcs"
+    for method in (None, "cache"):  # a token file/dict/object, or gcsfs's own token cache
+        with pytest.raises(ValueError, match="token="):
+            gcs_kvstore_spec({**signed, "credential_provider": Provider(method)}, 8, 2)
+    # anonymous, but an application-default credentials file exists: tensorstore would sign with it
+    (tmp_path / "application_default_credentials.json").write_text("{}")
+    with pytest.raises(ValueError, match="would sign"):
+        gcs_kvstore_spec(base, 8, 2)

@@ -558,16 +558,14 @@ class ObstoreBackend(Backend):
         shorter); None when it cannot be used (``native_note`` says why)."""
         # its own lock: the probe waits on the network, and ``_lock`` guards what zarr's loop needs
         with self._native_lock:
-            if not self._native_tried and self.location.protocol == "gcs":
-                self._native_tried = True
-                self.native_note = "tensorstore's gcs kvstore is not used for gs:// (obstore reads every chunk)"
             if not self._native_tried:
                 self._native_tried = True
                 budget = min(tensorstore_reads.PROBE_SECONDS, self.deadline.seconds if self.deadline else 1e9)
                 self._native, why = open_reads(self._config(), probe_key, concurrency=concurrency,
                                                retries=self.options.retries, probe_seconds=budget,
                                                connect_timeout=self.options.connect_timeout,
-                                               read_timeout=self.options.read_timeout)
+                                               read_timeout=self.options.read_timeout,
+                                               protocol=self.location.protocol)
                 self.native_note = why
                 if why:
                     # a misspelt switch is the user's to fix: a warning; anything else is information

@@ -68,6 +68,11 @@ class GcsfsCredentials:
     def anonymous(self) -> bool:
         return self.credentials.credentials is None
 
+    @property
+    def method(self) -> str | None:
+        """How gcsfs found the credentials ("google_default", "cache", "cloud"), None for a given token."""
+        return getattr(self.credentials, "method", None)
+
     def __call__(self) -> dict[str, Any]:
         with self._lock:  # obstore may ask from several of its threads at once
             self.credentials.maybe_refresh()

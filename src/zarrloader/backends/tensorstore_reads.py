@@ -37,8 +37,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -212,6 +213,65 @@ def kvstore_spec(config: dict[str, Any], concurrency: int, retries: int) -> tupl
     return spec, creds
 
 
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in the environment for the duration: tensorstore's gcs driver takes its endpoint
+    from the environment only, and its credential providers read it on the first request of a store
+    (an array open reads metadata; a bare kvstore open reads nothing). One block at a time."""
+    if not values:
+        yield
+        return
+    with _ENV_LOCK:
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def gcs_kvstore_spec(config: dict[str, Any], concurrency: int, retries: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensorstore ``gcs`` kvstore spec, environment it reads at open and first request) for the keyword
+    arguments obstore's ``GCSStore`` gets (``backends.obstore_gcs.store_config``). Raises ``ValueError``
+    where tensorstore would not authenticate as obstore does: its gcs driver knows only Google's default
+    chain (application-default credentials, the GCE metadata server), so credentials gcsfs found in any
+    other way (a token file, a dict, a credentials object, its token cache) keep obstore; so does
+    ``anon`` where application-default credentials exist (tensorstore has no anonymous mode and would
+    sign with them)."""
+    conf = dict(config.get("config") or {})
+    provider = config.get("credential_provider")
+    if provider is not None and getattr(provider, "method", None) not in ("google_default", "cloud"):
+        raise ValueError("credentials given as token= (its gcs driver takes only Google's default chain)")
+    if conf.get("skip_signature") and _adc_file() is not None:
+        raise ValueError(f"anonymous reads, but it would sign with the credentials in {_adc_file()}")
+    spec: dict[str, Any] = {"driver": "gcs", "bucket": config["bucket"]}
+    prefix = (config.get("prefix") or "").strip("/")
+    if prefix:
+        spec["path"] = prefix + "/"
+    spec["context"] = {"gcs_request_concurrency": {"limit": max(1, concurrency)},
+                       "gcs_request_retries": {"max_retries": max(1, retries + 1), "initial_delay": "0.1s",
+                                               "max_delay": "1s"}}
+    env = {"TENSORSTORE_GCS_HTTP_URL": str(conf["base_url"])} if conf.get("base_url") else {}
+    return spec, env
+
+
+def _adc_file() -> str | None:
+    """The application-default credentials file Google's chain would read, if there is one."""
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        return named
+    home = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    path = os.path.join(home, "application_default_credentials.json")
+    return path if os.path.isfile(path) else None
+
+
 def set_curl_limits(connect_timeout: float, read_timeout: float) -> None:
     """libcurl's connect timeout and stall limit (under 1 byte/s for ``read_timeout`` s aborts the
     attempt, which tensorstore retries), as obstore's ``connect_timeout``/``read_timeout``. Only where
@@ -222,11 +282,11 @@ def set_curl_limits(connect_timeout: float, read_timeout: float) -> None:
 
 
 def open_reads(config: dict[str, Any], probe_key: str, *, concurrency: int, retries: int,
-               connect_timeout: float, read_timeout: float,
-               probe_seconds: float | None = None) -> tuple[TensorstoreReads | None, str]:
-    """(reads, "") when tensorstore can read ``probe_key`` (an object that exists) with ``config``,
-    the kvstore open and the read together within ``probe_seconds`` (default ``PROBE_SECONDS``);
-    else (None, why)."""
+               connect_timeout: float, read_timeout: float, probe_seconds: float | None = None,
+               protocol: str = "s3") -> tuple[TensorstoreReads | None, str]:
+    """(reads, "") when tensorstore can read ``probe_key`` (an object that exists) with ``config``
+    (``S3Store``'s keyword arguments; ``GCSStore``'s for ``protocol="gcs"``), the kvstore open and the
+    read together within ``probe_seconds`` (default ``PROBE_SECONDS``); else (None, why)."""
     budget = PROBE_SECONDS if probe_seconds is None else probe_seconds
     off = switched_off()
     if off is not None:
@@ -235,8 +295,12 @@ def open_reads(config: dict[str, Any], probe_key: str, *, concurrency: int, retr
         import tensorstore as ts
     except ImportError:
         return None, "tensorstore is not installed"
+    env: dict[str, str] = {}
     try:
-        spec, creds = kvstore_spec(config, concurrency, retries)
+        if protocol == "gcs":
+            (spec, env), creds = gcs_kvstore_spec(config, concurrency, retries), None
+        else:
+            spec, creds = kvstore_spec(config, concurrency, retries)
     except ValueError as exc:
         return None, f"tensorstore cannot take these settings ({exc})"
     folder = None
@@ -249,9 +313,10 @@ def open_reads(config: dict[str, Any], probe_key: str, *, concurrency: int, retr
     end = time.monotonic() + budget
     reads = None
     try:
-        kv = _within(ts.KvStore.open(spec), end, budget)
-        reads = TensorstoreReads(kv, os.getpid(), folder)
-        got = _within(reads.start(probe_key), end, budget)
+        with scoped_environ(env):  # the open and the first request read it; the kvstore keeps it
+            kv = _within(ts.KvStore.open(spec), end, budget)
+            reads = TensorstoreReads(kv, os.getpid(), folder)
+            got = _within(reads.start(probe_key), end, budget)
         if body(got) is None:
             raise ValueError(f"it found no object at {probe_key!r}")
     except Exception as exc:  # any failure: obstore reads instead
@@ -301,5 +366,5 @@ def _remove_all() -> None:
             _remove_folder(folder)
 
 
-__all__ = ["ENV_SWITCH", "MAX_CHUNK_BYTES", "NativeFetch", "NativeReadError", "TensorstoreReads", "body", "kvstore_spec",
-           "open_reads", "set_curl_limits", "switched_off"]
+__all__ = ["ENV_SWITCH", "MAX_CHUNK_BYTES", "NativeFetch", "NativeReadError", "TensorstoreReads", "body",
+           "gcs_kvstore_spec", "kvstore_spec", "open_reads", "scoped_environ", "set_curl_limits", "switched_off"]
