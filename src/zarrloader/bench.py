@@ -77,7 +77,7 @@ class BenchConfig:
     repeats: int = 5
     codec: str | None = None  # None: uncompressed, so the benchmark measures I/O, not a codec
     backend: str | None = None  # storage backend of zarr_default and the loaders (naive is the article's
-    # fsspec); None: the options' choice, else the default for the scheme (obstore for s3://)
+    # fsspec); None: the options' choice, else the default for the scheme (obstore for s3:// and gs://)
     raw_clients: Sequence[str] | None = None  # None: every raw client installed (bench_raw.clients_for the URL)
     peers: bool = False  # add bench_peers.PEERS to the readers
     peer_max_seconds: float = 3.0  # time cap of the peers that read per sample (extrapolated)
@@ -335,20 +335,23 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         if cfg.backend is not None:
             opts = dataclasses.replace(opts, backend=cfg.backend)
         backend = _reachable(loc, opts)
-        # the datasets are written by the default backend for writes (gcsfs on gs://, see backends),
-        # whichever one --backend names for the readers
-        writer_opts = dataclasses.replace(opts, backend=None)
+        from .backends import WRITE_DEFAULTS, open_backend
+
+        # where a scheme writes through another backend by default (gs://: gcsfs, see backends), the
+        # datasets are written by that one, whichever --backend names for the readers
+        writer_opts = dataclasses.replace(opts, backend=None) if loc.protocol in WRITE_DEFAULTS else opts
         for c, name in names.items():
-            store = zarr_store(loc.child(name), writer_opts, read_only=False)
+            writer = open_backend(loc.child(name), writer_opts, writing=True)
+            store = writer.zarr_store(read_only=False)
             try:
                 if not _matches(store, c, cfg):
                     write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
             except ZarrLoaderError:
                 raise
             except Exception as exc:
-                raise backend.translate(exc, f"writing the bench dataset {loc.child(name).url}") from exc
+                raise writer.translate(exc, f"writing the bench dataset {loc.child(name).url}") from exc
             finally:
-                close_store(store)
+                writer.close()
         yield loc.url, opts, f"{cfg.url} ({backend.name} backend)"
         return
     from zarr.storage import LocalStore

@@ -30,7 +30,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--repeats", type=int, help="runs per reader, interleaved; the median run is reported (default 5)")
     b.add_argument("--codec", choices=["zstd", "blosc"], help="compress the bench data (default: none)")
     b.add_argument("--backend", choices=list(BACKENDS),
-                   help="storage backend of zarr_default and the loaders (default: the scheme's, obstore for s3://)")
+                   help="storage backend of zarr_default and the loaders (default: the scheme's, obstore for s3:// and gs://)")
     b.add_argument("--naive-seconds", type=float, help="time cap of the per-sample reader (default 3, quick 1)")
     b.add_argument("--naive-samples", type=int, help="sample cap of the per-sample reader (default 200, quick 60)")
     b.add_argument("--json", dest="json_file", help="write results as JSON to this file")

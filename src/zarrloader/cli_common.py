@@ -90,7 +90,7 @@ def storage_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
             g.add_argument(flag, **kw)  # type: ignore[arg-type]
 
     add(f"--{prefix}backend", dest=f"{d}backend", choices=["obstore", "fsspec"],
-        help="storage client for s3:// (default: the fastest, obstore)")
+        help="storage client for s3:// and gs:// (default: the fastest, obstore; gs:// writes: fsspec)")
     add(f"--{prefix}connect-timeout", dest=f"{d}connect_timeout", type=positive_float, default=5.0,
         help="seconds to open a connection (default 5)")
     add(f"--{prefix}read-timeout", dest=f"{d}read_timeout", type=positive_float, default=20.0,

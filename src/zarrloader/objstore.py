@@ -11,7 +11,8 @@ from .storage import Location, StorageOptions
 
 
 def s3_store(loc: Location, opts: StorageOptions) -> Any:
-    """obstore's ``S3Store`` for ``loc`` (see ``backends.obstore.ObstoreBackend.object_store``)."""
+    """obstore's store for ``loc``: ``S3Store`` (``GCSStore`` for gs://, despite the old name; see
+    ``backends.obstore.ObstoreBackend.object_store``)."""
     return ObstoreBackend(loc, opts).object_store()
 
 

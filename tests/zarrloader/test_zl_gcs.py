@@ -30,7 +30,7 @@ import pytest
 import zarr
 from zl_helpers import images, labels
 
-from zarrloader import StorageOptions, ZarrSource, make_loader
+from zarrloader import AccessDeniedError, StorageOptions, ZarrSource, make_loader
 from zarrloader.backends.fsspec import GCSFS_EXPERIMENTAL, FsspecBackend, sync_filesystem
 from zarrloader.storage import parse_url
 from zarrloader.subset import sync_subset
@@ -114,7 +114,8 @@ def _bounded(fn: Callable[[], Any], seconds: float) -> Any:
     start = time.monotonic()
     t.start()
     t.join(seconds)
-    assert not t.is_alive(), f"still running after {seconds:g} s (gcsfs's gRPC bucket-layout lookup?)"
+    assert not t.is_alive(), (f"still running after {seconds:g} s (a wait without a deadline: gcsfs's gRPC "
+                              "bucket-layout lookup, a metadata-server probe?)")
     if "error" in box:
         raise box["error"]
     print(f"\n  took {time.monotonic() - start:.1f} s (bound {seconds:g} s)")
@@ -236,7 +237,9 @@ def test_obstore_gcs_config_takes_gcsfs_endpoint_and_credentials(monkeypatch: py
     kw = store_config(loc, StorageOptions(anon=True, endpoint_url="http://127.0.0.1:9"))
     assert (kw["bucket"], kw["prefix"]) == ("b", "some/x.zarr")
     assert kw["config"] == {"base_url": "http://127.0.0.1:9", "skip_signature": True}
-    assert kw["client_options"]["allow_http"] is True and "credential_provider" not in kw
+    assert kw["client_options"]["allow_http"] is True
+    with pytest.raises(AccessDeniedError, match=r"needs Google credentials.*anonymous"):  # only writes ask
+        kw["credential_provider"]()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:8")  # gcsfs's emulator variable, scheme added
     assert store_config(loc, StorageOptions(anon=True))["config"]["base_url"] == "http://127.0.0.1:8"
     # any token gcsfs takes: here a google-auth credentials object with a static token
@@ -245,7 +248,7 @@ def test_obstore_gcs_config_takes_gcsfs_endpoint_and_credentials(monkeypatch: py
     assert kw["credential_provider"]() == {"token": "tok-123", "expires_at": None}
 
 
-def test_obstore_requests_carry_the_token_gcsfs_resolved(gcs: str) -> None:
+def test_obstore_requests_carry_the_token_gcsfs_resolved(gcs: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """fake-gcs-server ignores authorisation: what is checked is that obstore asked our provider (gcsfs's
     resolution of ``token=``) for the bearer token of its requests, and read the data through it."""
     from google.oauth2.credentials import Credentials
@@ -264,17 +267,14 @@ def test_obstore_requests_carry_the_token_gcsfs_resolved(gcs: str) -> None:
 
     opts = StorageOptions(endpoint_url=gcs, extra={"token": Credentials(token="tok-123")}, connect_timeout=2.0,
                           read_timeout=5.0, retries=1)
-    GcsfsCredentials.__call__ = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(GcsfsCredentials, "__call__", counted)
+    src = ZarrSource(url, storage_options=opts)
     try:
-        src = ZarrSource(url, storage_options=opts)
-        try:
-            assert src.backend_name == "obstore"
-            got = np.concatenate([b[""].numpy() for b in make_loader(src, batch_size=8, shuffle=False,
-                                                                     pin_memory=False)])
-        finally:
-            src.close()
+        assert src.backend_name == "obstore"
+        got = np.concatenate([b[""].numpy() for b in make_loader(src, batch_size=8, shuffle=False,
+                                                                 pin_memory=False)])
     finally:
-        GcsfsCredentials.__call__ = original  # type: ignore[method-assign]
+        src.close()
     np.testing.assert_array_equal(got, data)
     assert calls, "obstore never asked for a token"
 
@@ -336,3 +336,46 @@ def test_small_plain_chunks_on_gs_are_read_by_tensorstore_unless_the_token_is_ex
                 assert "token=" in src.backend.native_note
         finally:
             src.close()
+
+
+def test_no_token_off_google_and_anon_with_a_stale_credentials_file_read_at_once(gcs: str, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``token=None`` against an emulator: gcsfs's chain, without the GCE metadata server (gcsfs skips it
+    off Google's endpoints), run in the caller's thread, ends at anonymous within the tight bound. And
+    ``anon=True`` ignores a ``GOOGLE_APPLICATION_CREDENTIALS`` naming no file, as gcsfs does."""
+    from zarrloader.backends import Deadline
+
+    url = f"gs://{BUCKET}/chain.zarr"
+    data = np.arange(64 * 8, dtype="int32").reshape(64, 8)
+    _write(url, gcs, data, (16, 8))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    tight = {"connect_timeout": 1.0, "read_timeout": 2.0, "retries": 1}
+    cases = [(StorageOptions(endpoint_url=gcs, **tight), None),  # type: ignore[arg-type]
+             (StorageOptions(anon=True, endpoint_url=gcs, **tight), str(tmp_path / "missing.json"))]  # type: ignore[arg-type]
+    for opts, credentials_file in cases:
+        if credentials_file is not None:
+            monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", credentials_file)
+        src = ZarrSource(url, storage_options=opts)
+        try:
+            got = _bounded(lambda src=src: np.concatenate([b[""].numpy() for b in make_loader(
+                src, batch_size=16, shuffle=False, pin_memory=False)]), Deadline(1.0, 2.0, 1).seconds)
+            assert src.backend_name == "obstore"
+        finally:
+            src.close()
+        np.testing.assert_array_equal(got, data)
+
+
+def test_a_raw_token_that_cannot_be_used_never_shows_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gcsfs.credentials
+
+    secret = "ya29.not-for-your-eyes"
+
+    def refuse(token: str) -> None:  # what gcsfs's check of a raw token raises offline: the URL, quoted
+        raise OSError(f"HTTPSConnectionPool: Max retries exceeded with url: /tokeninfo?access_token={token}")
+
+    monkeypatch.setattr(gcsfs.credentials, "_get_creds_from_raw_token", refuse)
+    opts = StorageOptions(endpoint_url="http://127.0.0.1:9", extra={"token": secret})
+    with pytest.raises(AccessDeniedError, match=r"token=<str> cannot be used.*Fix:") as info:
+        ZarrSource("gs://b/x.zarr", storage_options=opts).open()
+    assert secret not in str(info.value) and "<token>" in str(info.value)

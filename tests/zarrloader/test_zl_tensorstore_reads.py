@@ -270,7 +270,9 @@ def test_gcs_kvstore_spec_only_for_what_tensorstore_authenticates_alike(tmp_path
         def __init__(self, method: str | None) -> None:
             self.method = method
 
-    signed = {"bucket": "b", "config": {}}
+    signed: dict[str, Any] = {"bucket": "b", "config": {}}
+    with pytest.raises(ValueError, match="token="):
+        gcs_kvstore_spec(signed, 8, 2)  # no provider and not anonymous: nothing tensorstore could use
     assert gcs_kvstore_spec({**signed, "credential_provider": Provider("google_default")}, 8, 2)[1] == {}
     assert gcs_kvstore_spec({**signed, "credential_provider": Provider("cloud")}, 8, 2)[0]["driver"] == "gcs"
     for method in (None, "cache"):  # a token file/dict/object, or gcsfs's own token cache

@@ -51,6 +51,7 @@ WRITE_DEFAULTS: dict[str, tuple[str, ...]] = {
     "gcs": ("fsspec",),
 }
 assert set(BACKENDS) <= set(REGISTRY)
+_SCHEMES = {"gcs": "gs", "http": "http(s)"}  # protocol -> the scheme users write
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -67,8 +68,10 @@ def choose_backend(loc: Location, opts: StorageOptions, *, writing: bool = False
     if opts.backend is not None:
         if loc.protocol not in backend_class(opts.backend).protocols:
             served = ", ".join(n for n in BACKENDS if loc.protocol in backend_class(n).protocols)
+            names = [f"{_SCHEMES.get(p, p)}://" for p in backend_class(opts.backend).protocols]
+            schemes = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
             raise BackendOptionError(
-                f"backend={opts.backend!r} supports {'s3:// and gs:// URLs' if opts.backend == 'obstore' else 'other URLs'} "
+                f"backend={opts.backend!r} supports {schemes} URLs "
                 f"here, not {loc.url!r}. Fix: drop backend= (the default for this scheme), or use one of: {served}")
         return opts.backend
     candidates = (WRITE_DEFAULTS.get(loc.protocol) if writing else None) or DEFAULTS[loc.protocol]

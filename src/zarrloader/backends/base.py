@@ -235,8 +235,14 @@ class Backend(abc.ABC):
         return self.location.child(key).url if key else self.location.url
 
     # -- running on zarr's loop --------------------------------------------------------------------
+    def prepare(self) -> None:  # noqa: B027 - an optional hook: most backends have nothing to set up
+        """Set up, in the caller's thread, what may block without an event loop (resolving credentials
+        can probe a metadata server): done on zarr's loop it would stall every read in the process.
+        Called before any work goes to the loop; a no-op where there is nothing to set up."""
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on zarr's event loop, where this backend's client lives."""
+        self.prepare()
         return asyncio.run_coroutine_threadsafe(coro, zarr_loop())
 
     def run(self, coro: Coroutine[Any, Any, T], operation: str) -> T:
@@ -247,6 +253,14 @@ class Backend(abc.ABC):
         if on_loop_thread(loop):
             coro.close()
             raise RuntimeError(f"internal: blocking call while {operation} from zarr's event loop")
+        try:
+            self.prepare()
+        except ZarrLoaderError:
+            coro.close()
+            raise
+        except Exception as exc:
+            coro.close()
+            raise self.translate(exc, operation) from exc
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
         return self.wait(fut, operation)
 

@@ -275,12 +275,7 @@ def obstore_config(loc: Location, opts: StorageOptions, *, resolve: bool = True)
                 style = (session.get_scoped_config().get("s3") or {}).get("addressing_style")
                 if style == "virtual":
                     config["virtual_hosted_style_request"] = True
-    client_options: dict[str, Any] = {
-        "connect_timeout": datetime.timedelta(seconds=opts.connect_timeout),
-        # obstore's read_timeout is per read (inactivity), as botocore's; `timeout` bounds a whole attempt
-        "read_timeout": datetime.timedelta(seconds=opts.read_timeout),
-        "timeout": datetime.timedelta(seconds=deadline.request_seconds),
-    }
+    client_options, retry_config = client_and_retry(opts, deadline)
     if endpoint and str(endpoint).startswith("http://"):
         client_options["allow_http"] = True
     elif resolve:
@@ -288,15 +283,27 @@ def obstore_config(loc: Location, opts: StorageOptions, *, resolve: bool = True)
         if pem:
             client_options["root_certificate"] = pem
     client_options.update(raw["client_options"])
-    retry_config = {"max_retries": max(0, opts.retries),
-                    "retry_timeout": datetime.timedelta(seconds=deadline.request_seconds),
-                    "backoff": {"init_backoff": datetime.timedelta(milliseconds=100),
-                                "max_backoff": datetime.timedelta(seconds=1), "base": 2}}
     out = {"bucket": bucket, "prefix": prefix or None, "config": config, "client_options": client_options,
            "retry_config": retry_config}
     if credential_provider is not None:
         out["credential_provider"] = credential_provider
     return out
+
+
+def client_and_retry(opts: StorageOptions, deadline: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """obstore's client options (timeouts) and retry config from the options and their ``Deadline``,
+    for every store this backend makes."""
+    client_options: dict[str, Any] = {
+        "connect_timeout": datetime.timedelta(seconds=opts.connect_timeout),
+        # obstore's read_timeout is per read (inactivity), as botocore's; `timeout` bounds a whole attempt
+        "read_timeout": datetime.timedelta(seconds=opts.read_timeout),
+        "timeout": datetime.timedelta(seconds=deadline.request_seconds),
+    }
+    retry_config = {"max_retries": max(0, opts.retries),
+                    "retry_timeout": datetime.timedelta(seconds=deadline.request_seconds),
+                    "backoff": {"init_backoff": datetime.timedelta(milliseconds=100),
+                                "max_backoff": datetime.timedelta(seconds=1), "base": 2}}
+    return client_options, retry_config
 
 
 # -- zarr store: ranges from whole objects where the server does not answer 206 ------------------------
@@ -517,6 +524,10 @@ class ObstoreBackend(Backend):
         where = url or (f"AWS S3 ({region})" if region else "AWS S3")
         return f"{where} (bucket {self.location.bucket})"
 
+    def prepare(self) -> None:
+        if self._store is None:  # its config resolves credentials: botocore's chain, or gcsfs's
+            self.object_store()
+
     def object_store(self, *, bucket_only: bool = False) -> Any:
         """obstore's store for the location (or its bucket): ``S3Store``, or ``GCSStore`` for gs://,
         created on first use."""
@@ -692,10 +703,10 @@ def classify_obstore_error(exc: BaseException) -> ErrorKind:
 
 
 def warn_fork_fallback() -> None:
-    """Once per process: the default backend for s3:// is fsspec here, and why."""
+    """Once per process: the default backend for s3:// and gs:// is fsspec here, and why."""
     if _FORK_WARNED and _FORK_WARNED[0] == os.getpid():
         return
     _FORK_WARNED[:] = [os.getpid()]
     warnings.warn("zarrloader: this process was forked after its parent used obstore, whose runtime does not "
-                  "survive fork; s3:// is read with the fsspec backend here (slower). " + FORK_FIX.replace(
+                  "survive fork; s3:// and gs:// are read with the fsspec backend here (slower). " + FORK_FIX.replace(
                       ", or use backend='fsspec'", " to keep obstore"), RuntimeWarning, stacklevel=3)

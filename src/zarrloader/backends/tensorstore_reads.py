@@ -247,10 +247,11 @@ def gcs_kvstore_spec(config: dict[str, Any], concurrency: int, retries: int) -> 
     sign with them)."""
     conf = dict(config.get("config") or {})
     provider = config.get("credential_provider")
-    if provider is not None and getattr(provider, "method", None) not in ("google_default", "cloud"):
+    if conf.get("skip_signature"):
+        if _adc_file() is not None:
+            raise ValueError(f"anonymous reads, but it would sign with the credentials in {_adc_file()}")
+    elif provider is None or getattr(provider, "method", None) not in ("google_default", "cloud"):
         raise ValueError("credentials given as token= (its gcs driver takes only Google's default chain)")
-    if conf.get("skip_signature") and _adc_file() is not None:
-        raise ValueError(f"anonymous reads, but it would sign with the credentials in {_adc_file()}")
     spec: dict[str, Any] = {"driver": "gcs", "bucket": config["bucket"]}
     prefix = (config.get("prefix") or "").strip("/")
     if prefix:
