@@ -308,15 +308,25 @@ class Backend(abc.ABC):
         if isinstance(exc, ZarrLoaderError):
             return exc
         kind = self.classify_chain(exc)
+        brief = self._redacted(_brief(exc))
         if kind is ErrorKind.DENIED:
-            return AccessDeniedError(f"access denied while {operation}: {_brief(exc)}. {FIX_DENIED}")
+            return AccessDeniedError(f"access denied while {operation}: {brief}. {FIX_DENIED}")
         if kind.retryable:
             return StorageUnavailableError(
                 f"cannot reach storage while {operation} at {self.endpoint} (gave up after bounded retries; "
-                f"{self.settings()}): {_brief(exc)}. {FIX_UNAVAILABLE}")
+                f"{self.settings()}): {brief}. {FIX_UNAVAILABLE}")
         if kind is ErrorKind.NOT_FOUND:
-            return StoreNotFoundError(f"not found while {operation}: {_brief(exc)}. Fix: check the bucket and path spelling")
-        return ZarrLoaderError(f"error while {operation}: {type(exc).__name__}: {_brief(exc)}")
+            return StoreNotFoundError(f"not found while {operation}: {brief}. Fix: check the bucket and path spelling")
+        return ZarrLoaderError(f"error while {operation}: {type(exc).__name__}: {brief}")
+
+    def _redacted(self, text: str) -> str:
+        """``text`` without the secrets passed in the options (a raw token or secret key that a client
+        library quotes in its error, e.g. gcsfs's token check URL)."""
+        for key in ("token", "secret"):
+            value = self.options.extra.get(key)
+            if isinstance(value, str) and len(value) >= 8:
+                text = text.replace(value, f"<{key}>")
+        return text
 
     # -- closing -----------------------------------------------------------------------------------
     def close(self) -> None:
