@@ -342,8 +342,8 @@ def _target(cfg: BenchConfig) -> Iterator[tuple[str, StorageOptions, str]]:
         writer_opts = dataclasses.replace(opts, backend=None) if loc.protocol in WRITE_DEFAULTS else opts
         for c, name in names.items():
             writer = open_backend(loc.child(name), writer_opts, writing=True)
-            store = writer.zarr_store(read_only=False)
             try:
+                store = writer.zarr_store(read_only=False)
                 if not _matches(store, c, cfg):
                     write_dataset(store, c, cfg.total_bytes, cfg.sample_bytes, cfg.codec)
             except ZarrLoaderError:

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -320,18 +320,22 @@ class Backend(abc.ABC):
         return ZarrLoaderError(f"error while {operation}: {type(exc).__name__}: {brief}")
 
     def _redacted(self, text: str) -> str:
-        """``text`` without the secrets passed in the options (a raw token or secret key that a client
-        library quotes in its error, e.g. gcsfs's token check URL)."""
-        for key in ("token", "secret"):
-            value = self.options.extra.get(key)
-            if isinstance(value, str) and len(value) >= 8:
-                text = text.replace(value, f"<{key}>")
-        return text
+        return redact_secrets(text, self.options.extra)
 
     # -- closing -----------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the client now (bounded wait). The backend may be used again: it reopens lazily."""
         _LIVE.discard(self)
+
+
+def redact_secrets(text: str, extra: Mapping[str, Any]) -> str:
+    """``text`` without the secrets passed as raw options (a raw token or secret key that a client library
+    quotes in its error, e.g. gcsfs's token check URL): each becomes ``<token>`` / ``<secret>``."""
+    for key in ("token", "secret"):
+        value = extra.get(key)
+        if isinstance(value, str) and len(value) >= 8:  # shorter ones are method names ("anon", "cloud")
+            text = text.replace(value, f"<{key}>")
+    return text
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

@@ -99,8 +99,6 @@ class Unsigned:
     ``GOOGLE_APPLICATION_CREDENTIALS`` itself (a stale or foreign file there would fail the store, where
     gcsfs ignores it with ``token='anon'``); a request that needs credentials gets this error."""
 
-    method = None
-
     def __call__(self) -> dict[str, Any]:
         raise AccessDeniedError("this request needs Google credentials, and the store is anonymous (anon=True, "
                                 "or none were found). Fix: drop anon=True and provide credentials (token=..., "
@@ -113,6 +111,7 @@ def google_credentials(raw: dict[str, Any], endpoint: str | None) -> GcsfsCreden
     that cannot be read is an ``AccessDeniedError`` that says what to fix, and never shows a token."""
     from gcsfs.credentials import GoogleCredentials
 
+    from .base import redact_secrets
     from .fsspec import check_google_credentials
 
     token = raw["token"]
@@ -121,9 +120,7 @@ def google_credentials(raw: dict[str, Any], endpoint: str | None) -> GcsfsCreden
         return GcsfsCredentials(GoogleCredentials(raw["project"], raw["access"], token,
                                                   on_google=_on_google(endpoint)))
     except Exception as exc:  # gcsfs/google-auth raise ValueError, KeyError, OSError, GoogleAuthError
-        text = str(exc)
-        if isinstance(token, str) and len(token) > 3:
-            text = text.replace(token, "<token>")  # gcsfs checks a raw token in a URL its errors quote
+        text = redact_secrets(str(exc), {"token": token})  # gcsfs checks a raw token in a URL its errors quote
         raise AccessDeniedError(
             f"the Google credentials given as token={_shown(token)} cannot be used: {text}. Fix: pass a "
             "service-account or authorized-user JSON file, a valid access token, 'google_default', 'cloud', "
